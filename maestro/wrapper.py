@@ -290,10 +290,12 @@ class ModelWrapper:
             raise ValueError(f"{arg}: token ids must lie in [0, {vocab - 1}]")
         return tb.to(self.device)
 
-    def _inputs(self, x, arg: str = "x"):
+    def prepare_inputs(self, x, arg: str = "x"):
+        """Validate model inputs (type, shape, finite values, bounds) and move them to the device."""
         return self._images(x, arg) if self._modality == "image" else self._tokens(x, arg)
 
-    def _labels(self, y, n: int, arg: str = "y") -> torch.Tensor:
+    def prepare_labels(self, y, n: int, arg: str = "y") -> torch.Tensor:
+        """Validate ``n`` integer class labels (or one int for all) and move them to the device."""
         if isinstance(y, np.ndarray):
             y = torch.from_numpy(y)
         if isinstance(y, int):
@@ -337,20 +339,20 @@ class ModelWrapper:
     def logits(self, x) -> torch.Tensor:
         """Raw class scores N×K (needs ``scores`` access)."""
         self._require("scores", "logits")
-        x = self._inputs(x)
+        x = self.prepare_inputs(x)
         with self._charge(len(x)):
             return self._logits_unchecked(x)
 
     def predict_proba(self, x) -> torch.Tensor:
         """Class probabilities N×K (needs ``scores`` access)."""
         self._require("scores", "predict_proba")
-        x = self._inputs(x)
+        x = self.prepare_inputs(x)
         with self._charge(len(x)):
             return self._logits_unchecked(x).softmax(-1)
 
     def predict(self, x) -> torch.Tensor:
         """Predicted labels, a LongTensor of N (any access level)."""
-        x = self._inputs(x)
+        x = self.prepare_inputs(x)
         with self._charge(len(x)):
             return self._logits_unchecked(x).argmax(-1)
 
@@ -375,8 +377,8 @@ class ModelWrapper:
         """
         self._require("white-box", "gradient")
         loss_fn = _loss_fn(loss)
-        x = self._inputs(x)
-        y = self._labels(y, len(x))
+        x = self.prepare_inputs(x)
+        y = self.prepare_labels(y, len(x))
         grads, outs = [], []
         with self._charge(len(x), gradient=True):
             for s in self._chunks(len(x)):
