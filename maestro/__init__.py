@@ -25,8 +25,12 @@ _LAZY = {
     "AssetUnavailable": ("maestro.errors", "AssetUnavailable"),
     "ThreatModelViolation": ("maestro.errors", "ThreatModelViolation"),
     "MaestroError": ("maestro.errors", "MaestroError"),
+    "evaluate": ("maestro.evaluation", "evaluate"),
+    "robustness_curve": ("maestro.evaluation", "robustness_curve"),
 }
-_SUBMODULES = {"datasets", "models", "text", "wrapper", "threat", "errors", "attacks", "cli"}
+_SUBMODULES = {
+    "datasets", "models", "text", "wrapper", "threat", "errors", "attacks", "defenses", "evaluation", "cli",
+}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES])
 

@@ -10,6 +10,23 @@ from .base import Attack, AttackResult
 # name -> module (inside maestro.attacks) that defines it
 _REGISTRY = {
     "FGSM": "fgsm",
+    "PGD": "pgd",
+    "CarliniWagnerL2": "cw",
+    "APGD": "apgd",
+    "SquareAttack": "square",
+    "SimBA": "simba",
+    "HopSkipJump": "hopskipjump",
+    "TransferAttack": "transfer",
+    "UniversalPerturbation": "universal",
+    "HotFlip": "hotflip",
+    "UniversalTrigger": "triggers",
+    "WordSubstitution": "word_substitution",
+    "BPDA": "bpda",
+    "EOT": "eot",
+    "RandomNoise": "noise",
+    "BadNets": "backdoor",
+    "LossThresholdMIA": "membership",
+    "ShadowModelMIA": "membership",
 }
 
 __all__ = ["Attack", "AttackResult", *_REGISTRY]
