@@ -161,8 +161,7 @@ class ModelWrapper:
 
     @property
     def tokenizer(self):
-        """The tokenizer of a text model (any access level: tokenization is public)."""
-        self._require_text("tokenizer")
+        """The tokenizer of a text model, ``None`` for image models (any access level)."""
         return self.__tokenizer
 
     def __repr__(self) -> str:

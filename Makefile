@@ -1,0 +1,47 @@
+# Maestro: `make demo` (the main job, end to end) and `make test` set everything up on a
+# fresh machine with Python 3.11 and make. Everything lives in .venv; models in $(MAESTRO_HOME).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip
+# Hugging Face libraries retry the network for ~25 s when offline; Maestro's assets are local.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+
+.PHONY: install models demo test bench lint clean help
+
+help:
+	@echo "make demo   - install, build the model zoo, run the end-to-end demo"
+	@echo "make test   - install, build the model zoo, run the test suite"
+	@echo "make bench  - run the benchmarks (benchmarks/*.py)"
+	@echo "make lint   - ruff"
+
+$(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(OFFLINE) $(BIN)/maestro models build
+
+demo: models
+	$(OFFLINE) $(BIN)/maestro demo $(DEMO_FLAGS)
+
+test: models
+	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+bench: models
+	$(OFFLINE) $(BIN)/python benchmarks/wrapper.py
+	@for b in benchmarks/attacks.py; do [ -f $$b ] && $(OFFLINE) $(BIN)/python $$b || true; done
+
+lint: install
+	$(BIN)/ruff check maestro tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,7 @@
+"""``python -m maestro`` is the ``maestro`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""The ``maestro`` command line: datasets, the model zoo and the demo.
+
+    maestro datasets list
+    maestro models list | build [NAME ...] [--force] | info NAME
+    maestro demo [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import MaestroError
+
+
+def _datasets_list(args: argparse.Namespace) -> int:
+    from .datasets import list_datasets
+
+    names = list_datasets()
+    width = max(map(len, names))
+    for name, text in names.items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from .models import info, list_models
+
+    names = list_models()
+    width = max(map(len, names))
+    for name, text in names.items():
+        try:
+            meta = info(name, home=args.home)
+            state = f"built, test accuracy {meta['test_accuracy']:.1%}"
+        except MaestroError:
+            state = "not built"
+        print(f"{name:<{width}}  {text} [{state}]")
+    print("\nAlso: hf:<model id> (Hugging Face hub), file:<path> (a checkpoint written by Maestro).")
+    return 0
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    from .models import build, list_models
+
+    names = args.names or list(list_models())
+    metas = build(names, home=args.home, force=args.force, progress=not args.quiet)
+    for name, meta in metas.items():
+        print(f"{name}: test accuracy {meta['test_accuracy']:.1%} "
+              f"(majority class {meta['majority_accuracy']:.1%}), built in {meta['build_seconds']:.1f}s")
+    return 0
+
+
+def _models_info(args: argparse.Namespace) -> int:
+    from .models import info
+
+    meta = info(args.name, home=args.home)
+    if args.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return 0
+    width = max(map(len, meta))
+    for key in sorted(meta):
+        value = meta[key]
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(quick=args.quick, home=args.home)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maestro",
+        description="Maestro: a teaching kit for adversarial machine learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"maestro {__version__}")
+    parser.add_argument("--home", default=None, help="model/data folder (default: $MAESTRO_HOME or ~/.cache/maestro)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ds = sub.add_parser("datasets", help="list the data sets").add_subparsers(dest="action", metavar="ACTION")
+    ds.add_parser("list", help="built-in data sets and adapters").set_defaults(func=_datasets_list)
+
+    models = sub.add_parser("models", help="the model zoo").add_subparsers(dest="action", metavar="ACTION")
+    models.add_parser("list", help="zoo models and whether they are built").set_defaults(func=_models_list)
+    build = models.add_parser("build", help="train and store zoo models (all by default)")
+    build.add_argument("names", nargs="*", metavar="NAME")
+    build.add_argument("--force", action="store_true", help="rebuild models that are already built")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=_models_build)
+    info = models.add_parser("info", help="metadata of a built model (accuracy, data, seed, sha256)")
+    info.add_argument("name", metavar="NAME")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_models_info)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo")
+    demo.add_argument("--quick", action="store_true", help="a small, fast run (what CI uses)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        # a group without an action, or no command at all: show the relevant help
+        if args.command:
+            parser.parse_args([args.command, "--help"])
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except (MaestroError, ValueError, TypeError, PermissionError) as err:
+        print(f"maestro: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("maestro: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Install metadata agrees with itself, and `import maestro` stays light."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_pyproject_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_lists = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    listed = {_name(r) for r in pip_lists[0]}
+    assert wanted == listed, f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_torch_is_pinned_to_the_cpu_build_everywhere():
+    pins = [ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln.startswith("torch")]
+    assert pins == ["torch==2.13.0"]
+    env = (ROOT / "environment.yml").read_text()
+    assert "torch==2.13.0" in env
+    assert "torchvision" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def test_import_maestro_is_light():
+    code = (
+        "import sys, maestro, maestro.datasets, maestro.models, maestro.attacks; "
+        "heavy = [m for m in ('transformers', 'datasets', 'sklearn', 'torchvision', 'pandas') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "", f"import maestro pulled in: {out.stdout.strip()}"
