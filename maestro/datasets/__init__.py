@@ -13,7 +13,7 @@ from .._home import maestro_home
 from .base import SPLITS, Dataset, from_arrays
 from .splits import split_indices
 
-__all__ = ["Dataset", "SPLITS", "load", "list_datasets", "from_arrays", "describe"]
+__all__ = ["SPLITS", "Dataset", "describe", "from_arrays", "list_datasets", "load"]
 
 BUILTINS = {
     "digits": "sklearn's 8×8 handwritten digits: 1,797 images, 10 classes (offline)",
@@ -26,7 +26,7 @@ ADAPTERS = {
     "torchvision": "torchvision:<Name> — a torchvision dataset (needs the 'vision' extra)",
     "csv": "csv:<path> — your own text data: columns text,label",
     "folder": "folder:<path> — your own images: one sub-folder per class",
-    "npz": "npz:<path> — your own arrays: x (N×C×H×W or N×H×W) and y",
+    "npz": "npz:<path> — your own arrays: x (N×C×H×W, N×H×W or N×H×W×C) or texts, and y",
 }
 
 

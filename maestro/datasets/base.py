@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -10,12 +11,13 @@ import torch
 SPLITS = ("train", "dev", "test", "hidden")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A labelled dataset.
 
     ``x`` is a float tensor N×C×H×W with values in [0, 1] for images, or a ``list[str]`` for
-    text; ``y`` is a LongTensor of N class indices into ``classes``.
+    text; ``y`` is a LongTensor of N class indices into ``classes``. Two Datasets compare equal
+    only when they are the same object (compare ``x`` and ``y`` yourself for contents).
     """
 
     x: torch.Tensor | list[str]
@@ -75,8 +77,16 @@ class Dataset:
     # -- access --------------------------------------------------------------------------
     def __getitem__(self, index):
         """An int gives ``(x_i, y_i)``; a slice, index list or index/boolean tensor gives a Dataset."""
-        if isinstance(index, int):
-            return self.x[index], int(self.y[index])
+        if isinstance(index, bool):
+            raise IndexError("a single bool is not an index; use a boolean mask with one entry per example")
+        if isinstance(index, numbers.Integral) or (
+            isinstance(index, torch.Tensor) and index.dim() == 0 and not index.is_floating_point()
+            and index.dtype != torch.bool
+        ):
+            i = int(index)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"index {i} is out of range for {len(self)} examples")
+            return self.x[i], int(self.y[i])
         idx = self._as_index(index)
         if isinstance(self.x, torch.Tensor):
             x = self.x[idx]
@@ -88,7 +98,14 @@ class Dataset:
         n = len(self)
         if isinstance(index, slice):
             return torch.arange(n)[index]
-        idx = torch.as_tensor(index)
+        if isinstance(index, (list, tuple)) and len(index) == 0:
+            return torch.zeros(0, dtype=torch.long)
+        try:
+            idx = torch.as_tensor(index)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise IndexError(
+                f"index must be an int, slice, or integer/boolean tensor or list, got {type(index).__name__}"
+            ) from e
         if idx.dtype == torch.bool:
             if idx.shape != (n,):
                 raise IndexError(f"boolean mask of shape {tuple(idx.shape)} for {n} examples")

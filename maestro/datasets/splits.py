@@ -1,10 +1,13 @@
 """Deterministic train/dev/test splits, and the instructor-only hidden split.
 
-Every example gets one place in a public permutation (fixed by ``seed``): the first 65% are
-``train``, the next 10% ``dev``, the next 10% ``test``, and the last 15% are a reserve that no
-public split ever contains. ``hidden`` is a subset of that reserve (two thirds of it, 10% of
-the data), chosen and ordered by the course secret: without the secret nobody can say which
-reserved examples are hidden, nor in which order the grader uses them.
+A fixed permutation of the data (the same for every ``seed``) sets aside its last 15% as a
+reserve that no public split ever contains, whatever the seed. The other 85% is the public
+pool: ``train`` takes 65% of the data, ``dev`` 10% and ``test`` 10%, in the pool's order for
+``seed=0`` (the canonical split) and in an order shuffled by ``seed`` otherwise. ``hidden`` is a
+subset of the reserve (two thirds of it, 10% of the data), chosen and ordered by the course
+secret: without the secret nobody can say which reserved examples are hidden, nor in which
+order the grader uses them. Because the reserve does not depend on ``seed``, no choice of seed
+lets a student train on hidden examples.
 
 The raw built-in data sets are public, so a determined student could still match hidden
 inputs against the raw files; for a hidden set that is secret in the strong sense, an
@@ -14,6 +17,7 @@ instructor loads a course-private data set (``npz:``, ``folder:``, ``csv:``).
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 
 import torch
@@ -23,12 +27,13 @@ from .base import SPLITS
 FRACTIONS = {"train": 0.65, "dev": 0.10, "test": 0.10}  # the rest (15%) is the reserve
 HIDDEN_SHARE_OF_RESERVE = 2 / 3
 SECRET_ENV = "MAESTRO_COURSE_SECRET"
+_RESERVE_SEED = 0  # the fixed permutation; seed=0 keeps the pool in this order
 
 
 def _bounds(n: int) -> dict[str, tuple[int, int]]:
     out, start = {}, 0
     for name, frac in FRACTIONS.items():
-        stop = start + int(round(frac * n))
+        stop = start + round(frac * n)
         out[name] = (start, stop)
         start = stop
     out["reserve"] = (start, n)
@@ -60,15 +65,23 @@ def split_indices(
     """Indices (into the full data of size ``n``) of one split."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    if not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    seed = int(seed)
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must lie in [0, 2**63), got {seed}")
+    if not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_RESERVE_SEED))
     bounds = _bounds(n)
     if split != "hidden":
+        pool = perm[: bounds["reserve"][0]]
+        if seed != _RESERVE_SEED:
+            pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
         start, stop = bounds[split]
-        return perm[start:stop]
+        return pool[start:stop]
     reserve = perm[slice(*bounds["reserve"])]
     gen = torch.Generator().manual_seed(secret_seed(resolve_secret(secret), name))
     order = torch.randperm(len(reserve), generator=gen)
-    keep = int(round(HIDDEN_SHARE_OF_RESERVE * len(reserve)))
+    keep = round(HIDDEN_SHARE_OF_RESERVE * len(reserve))
     return reserve[order[:keep]]
