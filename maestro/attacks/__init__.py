@@ -27,6 +27,10 @@ _REGISTRY = {
     "BadNets": "backdoor",
     "LossThresholdMIA": "membership",
     "ShadowModelMIA": "membership",
+    "MIAReport": "membership",
+    "roc_auc": "membership",
+    "roc_curve": "membership",
+    "clean_accuracy_cost": "backdoor",
 }
 
 __all__ = ["Attack", "AttackResult", *_REGISTRY]

@@ -227,7 +227,7 @@ class BadNets:
         relabelled to the target; returns ``(poisoned, poisoned_indices)`` (sorted LongTensor)."""
         self._check_dataset(train, "train")
         candidates = (train.y != self.target_class).nonzero().flatten()
-        n_poison = int(round(self.poison_rate * len(train)))
+        n_poison = round(self.poison_rate * len(train))
         if n_poison < 1:
             raise ValueError(f"poison_rate {self.poison_rate} of {len(train)} examples poisons nothing")
         if n_poison > len(candidates):

@@ -15,6 +15,8 @@ _REGISTRY = {
     "RandomizedSmoothing": "smoothing",
     "activation_clustering": "backdoor_detection",
     "spectral_signatures": "backdoor_detection",
+    "DetectionReport": "backdoor_detection",
+    "penultimate_activations": "backdoor_detection",
 }
 
 __all__ = list(_REGISTRY)
