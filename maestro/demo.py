@@ -31,6 +31,14 @@ def _attack(kind: str, eps: float):
     return HotFlip(ThreatModel("tokens", int(eps))), f"HotFlip ≤{int(eps)} tokens"
 
 
+def _first_flip(data, result) -> int | None:
+    """The first example whose text the attack changed and whose prediction it flipped."""
+    for i, (before, after) in enumerate(zip(data.x, result.x_adv)):
+        if bool(result.success[i]) and before != after:
+            return i
+    return None
+
+
 def run_demo(quick: bool = False, home=None) -> int:
     """Run the demo; returns a process exit code (0 when every model was attacked)."""
     names = list(list_models())
@@ -49,9 +57,10 @@ def run_demo(quick: bool = False, home=None) -> int:
         seconds = time.perf_counter() - start
         adv = float((model.predict(result.x_adv) == data.y).float().mean())
         rows.append((name, f"{dataset} test", len(data), clean, label, adv, float(result.norms.max()), result.queries, seconds))
-        if kind == "HotFlip":
-            i = int(result.success.float().argmax())
-            print(f"  {name}: {data.x[i]!r}\n  {'':{len(name)}}  -> {result.x_adv[i]!r}", flush=True)
+        i = _first_flip(data, result) if kind == "HotFlip" else None
+        if i is not None:
+            print(f"  {name}: {data.x[i]!r} ({data.classes[int(data.y[i])]})\n"
+                  f"  {'':{len(name)}}  -> {result.x_adv[i]!r}", flush=True)
 
     header = ("model", "data", "n", "clean acc", "attack", "attacked acc", "max norm", "queries", "seconds")
     table = [header] + [
