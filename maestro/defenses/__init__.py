@@ -3,12 +3,12 @@ detection. Names load lazily."""
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 # name -> module (inside maestro.defenses) that defines it
 _REGISTRY = {
-    "adversarial_training": "adversarial_training",
-    "TrainingRecord": "adversarial_training",
+    "adversarial_training": "training",
+    "TrainingRecord": "training",
     "BitDepthSqueeze": "transforms",
     "MedianSmoothing": "transforms",
     "TransformedModel": "transforms",
@@ -22,9 +22,4 @@ _REGISTRY = {
 __all__ = list(_REGISTRY)
 
 
-def __getattr__(name: str):
-    if name in _REGISTRY:
-        value = getattr(importlib.import_module(f"maestro.defenses.{_REGISTRY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'maestro.defenses' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _REGISTRY)

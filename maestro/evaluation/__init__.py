@@ -3,12 +3,12 @@ checks that flag false robustness. ``maestro.evaluate`` is :func:`evaluate`."""
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 # name -> module (inside maestro.evaluation) that defines it
 _REGISTRY = {
-    "evaluate": "evaluate",
-    "EvaluationReport": "evaluate",
+    "evaluate": "suite",
+    "EvaluationReport": "suite",
     "robustness_curve": "curves",
     "plot_robustness_curve": "curves",
     "sanity_checks": "sanity",
@@ -18,9 +18,4 @@ _REGISTRY = {
 __all__ = list(_REGISTRY)
 
 
-def __getattr__(name: str):
-    if name in _REGISTRY:
-        value = getattr(importlib.import_module(f"maestro.evaluation.{_REGISTRY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'maestro.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _REGISTRY)
