@@ -46,7 +46,8 @@ def _models_build(args: argparse.Namespace) -> int:
     from .models import build, list_models
 
     names = args.names or list(list_models())
-    metas = build(names, home=args.home, force=args.force, progress=not args.quiet)
+    # progress bars on a terminal only: in CI logs they print a line per update
+    metas = build(names, home=args.home, force=args.force, progress=not args.quiet and sys.stderr.isatty())
     for name, meta in metas.items():
         print(f"{name}: test accuracy {meta['test_accuracy']:.1%} "
               f"(majority class {meta['majority_accuracy']:.1%}), built in {meta['build_seconds']:.1f}s")

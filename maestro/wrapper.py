@@ -391,7 +391,10 @@ class ModelWrapper:
                     value = loss_fn(out, y[s]).sum()
                     if targeted:
                         value = -value
-                    (g,) = torch.autograd.grad(value, xs)
+                    # outputs with no gradient path (e.g. a hard one-hot defense) have zero gradient
+                    g = torch.autograd.grad(value, xs, allow_unused=True)[0] if value.requires_grad else None
+                    if g is None:
+                        g = torch.zeros_like(xs)
                 grads.append(g)
                 if return_logits:
                     outs.append(out.detach())

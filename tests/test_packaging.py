@@ -43,3 +43,17 @@ def test_import_maestro_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"import maestro pulled in: {out.stdout.strip()}"
+
+
+def test_every_lazy_name_resolves_to_what_it_names():
+    import types
+
+    import maestro.attacks
+    import maestro.defenses
+    import maestro.evaluation
+
+    for package in (maestro.attacks, maestro.defenses, maestro.evaluation):
+        for name in package._REGISTRY:
+            value = getattr(package, name)
+            assert not isinstance(value, types.ModuleType), f"{package.__name__}.{name} is a module"
+    assert callable(maestro.evaluate) and callable(maestro.robustness_curve)

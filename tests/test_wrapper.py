@@ -284,3 +284,13 @@ def test_device_moves(cnn):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             w.to("cuda")
+
+
+def test_outputs_without_gradient_path_give_zero_gradient(digits):
+    class HardOneHot(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x.flatten(1).sum(1) > 30).long(), 10).float()
+
+    w = image_wrapper(HardOneHot())
+    x, y = digits[1].x[:4], digits[1].y[:4]
+    assert torch.equal(w.gradient(x, y), torch.zeros_like(x))

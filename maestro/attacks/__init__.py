@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import importlib
-
+from .._lazy import lazy_getattr
 from .base import Attack, AttackResult
 
 # name -> module (inside maestro.attacks) that defines it
@@ -36,9 +35,4 @@ _REGISTRY = {
 __all__ = ["Attack", "AttackResult", *_REGISTRY]
 
 
-def __getattr__(name: str):
-    if name in _REGISTRY:
-        value = getattr(importlib.import_module(f"maestro.attacks.{_REGISTRY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'maestro.attacks' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _REGISTRY)
