@@ -67,7 +67,7 @@ def _peers(module, x, y, eps, alpha, steps):
 
         ta = torchattacks.PGD(module, eps=eps, alpha=alpha, steps=steps, random_start=False)
         out["torchattacks"] = lambda: ta(x, y)
-    except Exception as err:  # noqa: BLE001 - report and go on
+    except Exception as err:
         print(f"(torchattacks unavailable: {type(err).__name__}: {err})")
     try:
         from art.attacks.evasion import ProjectedGradientDescent
@@ -79,7 +79,7 @@ def _peers(module, x, y, eps, alpha, steps):
                                        num_random_init=0, batch_size=len(x), verbose=False)
         xn, yn = x.numpy(), y.numpy()
         out["ART"] = lambda: torch.from_numpy(art.generate(xn, y=yn))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         print(f"(ART unavailable: {type(err).__name__}: {err})")
     return out
 

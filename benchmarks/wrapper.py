@@ -57,7 +57,9 @@ def gradient_rows(quick: bool) -> list[dict]:
             model.gradient(data.x, data.y)
             _raw_gradient(module, data.x, data.y)
         wrapped, raw = _interleaved(
-            lambda: model.gradient(data.x, data.y), lambda: _raw_gradient(module, data.x, data.y), repeats
+            lambda m=model, d=data: m.gradient(d.x, d.y),
+            lambda f=module, d=data: _raw_gradient(f, d.x, d.y),
+            repeats,
         )
         rows.append(dict(model=name, batch=len(data), wrapper_ms=wrapped * 1e3, raw_ms=raw * 1e3, ratio=wrapped / raw))
     model = maestro.models.load("lstm-tweets")

@@ -32,7 +32,7 @@ _SUBMODULES = {
     "datasets", "models", "text", "wrapper", "threat", "errors", "attacks", "defenses", "evaluation", "cli",
 }
 
-__all__ = sorted([*_LAZY, *_SUBMODULES])
+__all__ = sorted(_LAZY.keys() | _SUBMODULES)  # noqa: PLE0605
 
 
 def __getattr__(name: str):

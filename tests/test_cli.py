@@ -14,7 +14,7 @@ def maestro(*args: str, home=None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if home is not None:
         env["MAESTRO_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "maestro.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "maestro.cli", *args], capture_output=True, text=True, env=env, check=False)
 
 
 def test_help_lists_the_commands():

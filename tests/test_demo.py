@@ -12,7 +12,7 @@ import pytest
 @pytest.mark.slow
 def test_quick_demo_attacks_every_zoo_model():
     out = subprocess.run(
-        [sys.executable, "-m", "maestro.cli", "demo", "--quick"], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "maestro.cli", "demo", "--quick"], capture_output=True, text=True, timeout=600, check=False
     )
     assert out.returncode == 0, out.stderr[-2000:]
     for name in ("mlp-digits", "cnn-digits", "lenet-mnist", "lstm-tweets", "minilm-tweets"):

@@ -38,7 +38,7 @@ def setup():
 def test_pgd_matches_torchattacks(setup):
     try:
         import torchattacks
-    except Exception as err:  # noqa: BLE001 - any import failure: skip, and say why
+    except Exception as err:
         pytest.skip(f"torchattacks cannot be imported ({type(err).__name__}: {err}); "
                     "pip install --no-deps torchattacks")
     model, x, y, robust = setup
@@ -53,7 +53,7 @@ def test_pgd_matches_art(setup):
     try:
         from art.attacks.evasion import ProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
-    except Exception as err:  # noqa: BLE001 - any import failure: skip, and say why
+    except Exception as err:
         pytest.skip(f"adversarial-robustness-toolbox cannot be imported ({type(err).__name__}: {err}); "
                     "pip install --no-deps adversarial-robustness-toolbox six")
     model, x, y, robust = setup

@@ -92,7 +92,7 @@ def test_image_gradient_matches_finite_differences(cnn, digits):
     y = test.y[:3]
     g = w.gradient(x, y)
     assert g.shape == x.shape
-    loss = lambda z: torch.nn.functional.cross_entropy(net(z), y, reduction="sum")  # noqa: E731
+    loss = lambda z: torch.nn.functional.cross_entropy(net(z), y, reduction="sum")
     h = 1e-6
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):
@@ -128,7 +128,7 @@ def test_text_gradient_matches_finite_differences(tweets_model):
     g = w.gradient(texts, y)
     emb = w.embeddings(tb)
     assert g.shape == emb.shape == (2, tb.input_ids.shape[1], net.emb.embedding_dim)
-    loss = lambda e: torch.nn.functional.cross_entropy(  # noqa: E731
+    loss = lambda e: torch.nn.functional.cross_entropy(
         w.logits_from_embeddings(e, tb.attention_mask), y, reduction="sum"
     )
     d = torch.randn(emb.shape, generator=torch.Generator().manual_seed(0), dtype=torch.double)

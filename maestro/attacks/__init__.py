@@ -32,7 +32,7 @@ _REGISTRY = {
     "clean_accuracy_cost": "backdoor",
 }
 
-__all__ = ["Attack", "AttackResult", *_REGISTRY]
+__all__ = ["Attack", "AttackResult", *_REGISTRY]  # noqa: PLE0604 (the registry keys are strings)
 
 
 __getattr__ = lazy_getattr(__name__, _REGISTRY)

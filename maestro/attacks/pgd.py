@@ -68,7 +68,7 @@ class PGD(Attack):
         best_loss = torch.full((n,), float("-inf"), device=x.device)
         steps_run = torch.zeros(n, dtype=torch.long, device=x.device)
 
-        for restart in range(self.restarts):
+        for _restart in range(self.restarts):
             idx = (~success).nonzero().flatten()
             if len(idx) == 0:
                 break

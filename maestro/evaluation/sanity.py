@@ -82,7 +82,7 @@ def sanity_checks(
         ("adaptive_attack_not_stronger", lambda: _adaptive(ctx)),
     ]
     flags = []
-    for name, run in tqdm(checks, desc="sanity checks", disable=not progress, unit="check"):
+    for _name, run in tqdm(checks, desc="sanity checks", disable=not progress, unit="check"):
         flag = run()
         if flag is not None:
             flags.append(flag)
