@@ -27,14 +27,7 @@ TEXT_MODELS = ["lstm-tweets", "minilm-tweets"]
 SENTENCES = ["I love this movie, it was great!", "worst day ever :( so sad", "ok"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are small: one torch thread is much faster on a shared CPU, and gives the
-    same predictions as the build (which also runs on one thread)."""
-    from maestro.models.train import num_threads
-
-    with num_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -39,13 +39,7 @@ POISON_RATE = 0.05
 TARGET = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models train an order of magnitude faster on one thread than on two busy cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fit(module: nn.Module, data: Dataset, epochs: int, *, seed: int = 0, lr: float = 1e-3) -> nn.Module:

@@ -75,15 +75,7 @@ class Attack:
         self.seed = seed
 
     def __call__(self, model, x, y, *, target=None) -> AttackResult:
-        self._check_model(model)
-        x = self._check_inputs(model, x)
-        y = model.prepare_labels(y, len(x), "y")
-        if self.targeted:
-            if target is None:
-                raise ValueError(f"{self.name}: targeted=True needs target=<target class per example>")
-            target = model.prepare_labels(target, len(x), "target")
-        elif target is not None:
-            raise ValueError(f"{self.name}: target= given but the attack is untargeted; pass targeted=True")
+        x, y, target = self._check_call(model, x, y, target)
         before = model.queries
         start = time.perf_counter()
         x_adv, success, info = self._run(model, x, y, target)
@@ -103,6 +95,19 @@ class Attack:
         raise NotImplementedError
 
     # -- checks shared by every attack -----------------------------------------------------
+    def _check_call(self, model, x, y, target):
+        """Validate one call's model, inputs, labels and targets; returns ``(x, y, target)``."""
+        self._check_model(model)
+        x = self._check_inputs(model, x)
+        y = model.prepare_labels(y, len(x), "y")
+        if self.targeted:
+            if target is None:
+                raise ValueError(f"{self.name}: targeted=True needs target=<target class, or one per example>")
+            target = model.prepare_labels(target, len(x), "target")
+        elif target is not None:
+            raise ValueError(f"{self.name}: target= given but the attack is untargeted; pass targeted=True")
+        return x, y, target
+
     def _check_model(self, model) -> None:
         access = getattr(model, "access", None)
         if access not in _RANK:

@@ -63,15 +63,9 @@ class UniversalTrigger(TextAttack):
         """Learn the trigger on ``texts`` (list[str]) with their ``labels``; returns self.
 
         ``history`` records the best mean loss after each search round."""
-        self._check_model(model)
-        texts = self._check_inputs(model, texts)
-        y = model.prepare_labels(labels, len(texts), "labels")
+        texts, y, target = self._check_call(model, texts, labels, target)
         if self.targeted:
-            if target is None:
-                raise ValueError(f"{self.name}: targeted=True needs target=<class or one per example>")
-            y = model.prepare_labels(target, len(texts), "target")
-        elif target is not None:
-            raise ValueError(f"{self.name}: target= given but the attack is untargeted; pass targeted=True")
+            y = target
         tok = model.tokenizer
         allowed = self.allowed_tokens(tok)
         if not allowed.any():
