@@ -13,6 +13,7 @@ Every wrapper owns its counters and lock: any number can run side by side.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -258,15 +259,14 @@ class ModelWrapper:
             )
         if x.dim() < 2 or x.shape[0] == 0:
             raise ValueError(f"{arg}: expected a non-empty batch, got shape {tuple(x.shape)}")
-        lo, hi = torch.aminmax(x)
-        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+        lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN/inf show up in lo or hi
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = (~torch.isfinite(x.flatten(1))).any(1).nonzero().flatten()[:5].tolist()
             raise ValueError(f"{arg}: contains NaN or infinite values (examples {bad})")
         blo, bhi = self._bounds
         if lo < blo - 1e-6 or hi > bhi + 1e-6:
             raise ValueError(
-                f"{arg}: values must lie in input_bounds [{blo}, {bhi}], got [{float(lo):.4g}, "
-                f"{float(hi):.4g}]" + (" — did you forget to divide by 255?" if hi > 1.5 and bhi == 1 else "")
+                f"{arg}: values must lie in input_bounds [{blo}, {bhi}], got [{lo:.4g}, {hi:.4g}]" + (" — did you forget to divide by 255?" if hi > 1.5 and bhi == 1 else "")
             )
         return x.to(self.device)
 
@@ -304,10 +304,9 @@ class ModelWrapper:
             raise TypeError(f"{arg}: expected integer class labels, got {y.dtype}")
         if y.shape != (n,):
             raise ValueError(f"{arg}: expected {n} labels (shape ({n},)), got shape {tuple(y.shape)}")
-        if int(y.min()) < 0 or int(y.max()) >= self._num_classes:
-            raise ValueError(
-                f"{arg}: labels must lie in [0, {self._num_classes - 1}], got [{int(y.min())}, {int(y.max())}]"
-            )
+        lo, hi = (int(v) for v in torch.aminmax(y))
+        if lo < 0 or hi >= self._num_classes:
+            raise ValueError(f"{arg}: labels must lie in [0, {self._num_classes - 1}], got [{lo}, {hi}]")
         return y.long().to(self.device)
 
     # -- forward passes ------------------------------------------------------------------
@@ -388,7 +387,7 @@ class ModelWrapper:
                     else:
                         xs = self._embed(x[s]).detach().requires_grad_(True)
                         out = self._forward_embeds(xs, x[s].attention_mask)
-                    value = loss_fn(out, y[s]).sum()
+                    value = loss_fn(out, y[s])
                     if targeted:
                         value = -value
                     # outputs with no gradient path (e.g. a hard one-hot defense) have zero gradient
@@ -478,11 +477,12 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_fn(loss) -> LossFn:
+    """The summed loss over a batch (per-example losses added up, so rows stay independent)."""
     if loss == "ce":
-        return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="sum")
     if loss == "margin":
-        return margin_loss
+        return lambda logits, y: margin_loss(logits, y).sum()
     if callable(loss):
-        return loss
+        return lambda logits, y: loss(logits, y).sum()
     raise ValueError(f"loss must be 'ce', 'margin' or a callable (logits, y) -> loss; got {loss!r}")
 
