@@ -73,6 +73,11 @@ class ThreatModel:
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"ThreatModel bounds must be finite with low < high, got {self.bounds!r}")
         object.__setattr__(self, "bounds", (lo, hi))
+        if self.norm == "linf" and self.eps > (hi - lo) + self.atol:
+            raise ValueError(
+                f"ThreatModel eps={self.eps:g} is larger than the whole input range {hi - lo:g} of bounds "
+                f"{(lo, hi)}: eps is in input units — for pixels in [0, 1], 8/255 is written eps={8 / 255:.4f}"
+            )
         if self.query_budget is not None and (
             isinstance(self.query_budget, bool) or not isinstance(self.query_budget, int) or self.query_budget < 0
         ):

@@ -246,13 +246,17 @@ class ModelWrapper:
             x = torch.from_numpy(x)
         if not isinstance(x, torch.Tensor):
             kind = "text" if isinstance(x, (str, list, TokenBatch)) else type(x).__name__
-            raise TypeError(f"{arg}: this image model expects a float tensor N×C×H×W, got {kind}")
+            hint = " — pass its inputs, data.x" if hasattr(x, "x") and hasattr(x, "y") else ""
+            raise TypeError(f"{arg}: this image model expects a float tensor N×C×H×W, got {kind}{hint}")
         if not x.is_floating_point():
-            raise TypeError(f"{arg}: expected a floating-point tensor, got {x.dtype} (scale to {self._bounds})")
+            hint = " — convert with x.float() / 255" if x.dtype == torch.uint8 else ""
+            raise TypeError(
+                f"{arg}: expected a floating-point tensor with values in {self._bounds}, got {x.dtype}{hint}"
+            )
         if self._input_shape is not None and tuple(x.shape[1:]) != self._input_shape:
             hint = ""
-            if tuple(x.shape) == self._input_shape:
-                hint = " — one image without a batch dimension: use x.unsqueeze(0)"
+            if x.numel() == math.prod(self._input_shape):
+                hint = f" — one image without a batch dimension: use x.reshape(1, {', '.join(map(str, self._input_shape))})"
             raise ValueError(
                 f"{arg}: expected shape N×{'×'.join(map(str, self._input_shape))}, got "
                 f"{'×'.join(map(str, x.shape))}{hint}"
@@ -374,7 +378,7 @@ class ModelWrapper:
         Needs ``white-box`` access.
         """
         self._require("white-box", "gradient")
-        loss_fn = _loss_fn(loss)
+        loss_fn = _summed_loss(loss)
         x = self.prepare_inputs(x)
         y = self.prepare_labels(y, len(x))
         grads, outs = [], []
@@ -476,13 +480,20 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return other - true
 
 
-def _loss_fn(loss) -> LossFn:
-    """The summed loss over a batch (per-example losses added up, so rows stay independent)."""
+def per_example_loss(loss: str | LossFn) -> LossFn:
+    """The loss per example: ``"ce"`` (cross-entropy), ``"margin"`` or a callable ``(logits, y)``."""
     if loss == "ce":
-        return lambda logits, y: F.cross_entropy(logits, y, reduction="sum")
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
     if loss == "margin":
-        return lambda logits, y: margin_loss(logits, y).sum()
+        return margin_loss
     if callable(loss):
-        return lambda logits, y: loss(logits, y).sum()
+        return loss
     raise ValueError(f"loss must be 'ce', 'margin' or a callable (logits, y) -> loss; got {loss!r}")
 
+
+def _summed_loss(loss: str | LossFn) -> LossFn:
+    """The loss summed over a batch (so each row's gradient is its own); CE in one fused call."""
+    if loss == "ce":
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="sum")
+    per = per_example_loss(loss)
+    return lambda logits, y: per(logits, y).sum()

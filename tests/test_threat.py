@@ -116,3 +116,11 @@ def test_bad_threat_models(kwargs, error, match):
 def test_describe_is_readable():
     text = ThreatModel("linf", 0.3, query_budget=1000, access="scores").describe()
     assert "eps=0.3" in text and "query budget 1000" in text and "scores" in text
+
+
+def test_linf_eps_beyond_the_input_range_is_a_scale_mistake():
+    with pytest.raises(ValueError, match="larger than the whole input range"):
+        ThreatModel("linf", 8)
+    ThreatModel("linf", 8, bounds=(0, 255))
+    ThreatModel("linf", 1.0)  # the whole range is allowed (sanity checks use it)
+    ThreatModel("l2", 8)  # L2 radii can exceed the per-pixel range

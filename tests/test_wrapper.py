@@ -236,7 +236,7 @@ def test_wrappers_share_no_state(cnn, digits):
 @pytest.mark.parametrize(
     "bad, error, match",
     [
-        (torch.rand(1, 8, 8), ValueError, "unsqueeze"),
+        (torch.rand(1, 8, 8), ValueError, "reshape"),
         (torch.rand(2, 1, 28, 28), ValueError, "expected shape N×1×8×8"),
         (torch.randint(0, 2, (2, 1, 8, 8)), TypeError, "floating-point"),
         (torch.full((2, 1, 8, 8), float("nan")), ValueError, "NaN"),
@@ -294,3 +294,19 @@ def test_outputs_without_gradient_path_give_zero_gradient(digits):
     w = image_wrapper(HardOneHot())
     x, y = digits[1].x[:4], digits[1].y[:4]
     assert torch.equal(w.gradient(x, y), torch.zeros_like(x))
+
+
+def test_common_mistakes_get_hints(cnn, digits):
+    w = image_wrapper(cnn)
+    with pytest.raises(TypeError, match="pass its inputs, data.x"):
+        w.predict(digits[1])
+    with pytest.raises(TypeError, match=r"x.float\(\) / 255"):
+        w.predict((digits[1].x[:2] * 16).to(torch.uint8))
+    with pytest.raises(ValueError, match=r"x.reshape\(1, 1, 8, 8\)"):
+        w.predict(digits[1].x[0, 0])
+    with pytest.raises(ValueError, match="did you mean 'mnist'"):
+        load("MNIST")
+    with pytest.raises(ValueError, match="did you mean 'dev'"):
+        load("digits", "validation")
+    with pytest.raises(ValueError, match="did you mean 'lenet-mnist'"):
+        maestro.models.load("lenet-minst")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..wrapper import _loss_fn
+from ..wrapper import per_example_loss
 
 
 class Budget:
@@ -132,7 +132,7 @@ def on_sphere(shape, norm: str, eps: float, gen: torch.Generator, device, dtype)
 
 def attacker_loss(loss, logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
     """Per-example loss the attacker ascends: L(f(x), y), or −L(f(x), target) when targeted."""
-    value = _loss_fn(loss)(logits, goal)
+    value = per_example_loss(loss)(logits, goal)
     return -value if targeted else value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from .._home import maestro_home
+from ..errors import did_you_mean
 from .base import SPLITS, Dataset, from_arrays
 from .splits import split_indices
 
@@ -64,7 +65,7 @@ def _load_raw(name: str, home, options: dict):
 
         return adapters.load_raw(scheme, arg, home=maestro_home(home), **options)
     known = ", ".join(list(BUILTINS) + [f"{k}:..." for k in ADAPTERS])
-    raise ValueError(f"unknown dataset {name!r}; known: {known}")
+    raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, BUILTINS)}; known: {known}")
 
 
 def _no_options(name: str, options: dict) -> None:
@@ -92,7 +93,9 @@ def load(
     if not isinstance(name, str) or not name:
         raise TypeError(f"dataset name must be a non-empty str, got {name!r}")
     if split not in SPLITS and split != "all":
-        raise ValueError(f"split must be one of {', '.join(SPLITS)} or 'all'; got {split!r}")
+        alias = {"val": "dev", "valid": "dev", "validation": "dev", "eval": "dev", "training": "train"}
+        hint = f" (did you mean {alias[split]!r}?)" if split in alias else did_you_mean(split, SPLITS)
+        raise ValueError(f"split must be one of {', '.join(SPLITS)} or 'all'; got {split!r}{hint}")
     x, y, classes, info = _load_raw(name, home, dict(options))
     full = Dataset(x, y, list(classes), name, "all", dict(info))
     if split == "all":

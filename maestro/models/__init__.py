@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from .._home import maestro_home
-from ..errors import AssetUnavailable
+from ..errors import AssetUnavailable, did_you_mean
 from .wrap import wrap  # the function (it shadows the submodule of the same name)
 
 __all__ = ["build", "info", "list_models", "load", "model_dir", "save", "wrap"]
@@ -49,7 +49,7 @@ def _check_name(name: str) -> None:
     if not isinstance(name, str) or name not in _zoo():
         known = ", ".join(_zoo())
         raise ValueError(
-            f"unknown model {name!r}; known: {known}; or use 'hf:<model id>' (Hugging Face) or "
+            f"unknown model {name!r}{did_you_mean(name, _zoo())}; known: {known}; or use 'hf:<model id>' (Hugging Face) or "
             "'file:<folder>' (a saved checkpoint)"
         )
 
