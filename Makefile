@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,server]"
 	$(PIP) install -q -c constraints.txt --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 

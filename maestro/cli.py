@@ -3,6 +3,8 @@
     maestro datasets list
     maestro models list | build [NAME ...] [--force] | info NAME
     maestro demo [--quick]
+    maestro serve [COURSE_DIR]            (the model server; see maestro.server)
+    maestro tokens create|list|revoke|import|usage
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the end-to-end demo")
     demo.add_argument("--quick", action="store_true", help="a small, fast run (what CI uses)")
     demo.set_defaults(func=_demo)
+
+    from .server.cli import add_commands as add_server_commands  # light: no fastapi/torch import
+
+    add_server_commands(sub)
     return parser
 
 

@@ -1,0 +1,373 @@
+"""A client for the Maestro model server with the methods of :class:`maestro.ModelWrapper`.
+
+    oracle = maestro.remote.connect("http://127.0.0.1:8000", token, "digits-scores")
+    oracle.predict(x); oracle.remaining
+    maestro.attacks.SquareAttack(threat)(oracle, x, y)      # attacks run unchanged
+
+Methods beyond the task's access level raise :class:`~maestro.errors.AccessDenied` before
+anything is sent; the server's 401/403 become ``AccessDenied``, 429 (budget spent)
+``QueryBudgetExceeded`` and 422 ``ValueError``, each with the server's message. Arrays travel as
+base64 ``.npy``. A rate-limited request (429 with Retry-After) is retried a few times.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .errors import AccessDenied, MaestroError, QueryBudgetExceeded
+from .text import TokenBatch
+from .wrapper import _RANK
+
+__all__ = ["RemoteError", "RemoteModel", "connect"]
+
+
+class RemoteError(MaestroError):
+    """The server failed or could not be reached."""
+
+
+def _npy(arr: np.ndarray) -> dict:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return {"npy_b64": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def _from_npy(value) -> np.ndarray:
+    if isinstance(value, dict):
+        return np.load(io.BytesIO(base64.b64decode(value["npy_b64"])), allow_pickle=False)
+    return np.asarray(value)
+
+
+class RemoteModel:
+    """One task of a Maestro server, seen as a model wrapper (see :func:`connect`)."""
+
+    def __init__(self, url: str, token: str, task: str, *, timeout: float = 60.0, retries: int = 5) -> None:
+        import httpx
+
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.task = task
+        self.retries = int(retries)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        self._lock = threading.Lock()
+        self._queries = 0
+        self._gradient_queries = 0
+        self.refresh()
+        self.batch_size = int(self._info.get("max_batch") or 256)  # inputs per request
+
+    # -- transport -------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw) -> dict:
+        import httpx
+
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._http.request(method, path, **kw)
+            except httpx.HTTPError as err:
+                raise RemoteError(f"cannot reach the Maestro server at {self.url}: {err}") from None
+            if r.status_code == 429 and "Retry-After" in r.headers and attempt < self.retries:
+                time.sleep(min(5.0, float(r.headers["Retry-After"])))  # rate limit, not budget
+                continue
+            break
+        if r.status_code < 400:
+            return r.json()
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        if not isinstance(detail, str):  # FastAPI's own validation errors are a list
+            detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail) \
+                if isinstance(detail, list) else str(detail)
+        if r.status_code in (401, 403):
+            raise AccessDenied(f"server: {detail}")
+        if r.status_code == 429:
+            if "budget" in detail:
+                self._sync_remaining()
+                raise QueryBudgetExceeded(f"server: {detail}")
+            raise RemoteError(f"server: {detail}")
+        if r.status_code in (413, 422):
+            raise ValueError(f"server: {detail}")
+        if r.status_code == 404:
+            raise ValueError(f"server: {detail}")
+        raise RemoteError(f"server answered {r.status_code}: {detail}")
+
+    def refresh(self) -> dict:
+        """Fetch the task's description (classes, shape, bounds, access, budget left)."""
+        info = self._request("GET", f"/v1/tasks/{self.task}")
+        self._info = info
+        self._remaining = info["remaining"]
+        return info
+
+    def _sync_remaining(self) -> None:
+        try:
+            self.refresh()
+        except MaestroError:
+            pass
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def info(self) -> dict:
+        return dict(self._info)
+
+    @property
+    def name(self) -> str:
+        return self.task
+
+    @property
+    def modality(self) -> str:
+        return self._info["modality"]
+
+    @property
+    def access(self) -> str:
+        return self._info["access"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._info["num_classes"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._info["classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        s = self._info.get("input_shape")
+        return tuple(s) if s else None
+
+    @property
+    def input_bounds(self) -> tuple[float, float]:
+        lo, hi = self._info["input_bounds"]
+        return (float(lo), float(hi))
+
+    @property
+    def threat(self):
+        """The task's threat model as a :class:`maestro.ThreatModel`."""
+        from .threat import ThreatModel
+
+        t = self._info["threat"]
+        return ThreatModel(t["norm"], t["eps"], bounds=tuple(t["bounds"]), query_budget=t["query_budget"],
+                           access=t["access"])
+
+    @property
+    def budget(self) -> int | None:
+        return self._info["budget"]
+
+    @property
+    def remaining(self) -> int | None:
+        """Inputs your budget on the server still allows (as of the last answer)."""
+        return self._remaining
+
+    @property
+    def queries(self) -> int:
+        """Inputs this client sent forward so far."""
+        return self._queries
+
+    @property
+    def gradient_queries(self) -> int:
+        return self._gradient_queries
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def __repr__(self) -> str:
+        budget = "unlimited" if self.budget is None else f"{self.remaining}/{self.budget} left"
+        return f"RemoteModel({self.task} at {self.url}, modality={self.modality}, access={self.access}, budget={budget})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- checks mirroring the wrapper's ------------------------------------------------------
+    def _require(self, level: str, method: str) -> None:
+        if _RANK[self.access] < _RANK[level]:
+            raise AccessDenied(
+                f"{method}() needs {level!r} access, but task {self.task!r} gives {self.access!r} access, "
+                f"which allows: {', '.join(self._info.get('allows', []))}"
+            )
+
+    def _require_text(self, method: str) -> None:
+        if self.modality != "text":
+            raise TypeError(f"{method}() is for text models; this is an {self.modality} model")
+
+    def prepare_inputs(self, x, arg: str = "x"):
+        """Validate inputs the way the wrapper does (type, shape, finite values, bounds)."""
+        if self.modality == "image":
+            return _image_checker(self).prepare_inputs(x, arg)
+        if isinstance(x, str):
+            raise TypeError(f"{arg}: expected a list of str, got one str: use [{x[:20]!r}...]")
+        if isinstance(x, TokenBatch):
+            if len(x) == 0:
+                raise ValueError(f"{arg}: expected a non-empty batch")
+            vocab = self._info["vocab_size"]
+            if int(x.input_ids.min()) < 0 or int(x.input_ids.max()) >= vocab:
+                raise ValueError(f"{arg}: token ids must lie in [0, {vocab - 1}]")
+            return x.to("cpu")
+        if isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x):
+            if not x:
+                raise ValueError(f"{arg}: expected a non-empty list of str")
+            return list(x)
+        kind = type(x).__name__ + (f" {tuple(x.shape)}" if hasattr(x, "shape") else "")
+        raise TypeError(f"{arg}: this text model expects a list of str or a TokenBatch, got {kind}")
+
+    def prepare_labels(self, y, n: int, arg: str = "y") -> torch.Tensor:
+        """Validate ``n`` integer class labels (or one int for all)."""
+        return _image_checker(self).prepare_labels(y, n, arg) if self.modality == "image" \
+            else _labels(y, n, self.num_classes, arg)
+
+    # -- model calls -------------------------------------------------------------------------
+    def _payload(self, x) -> dict | list:
+        if isinstance(x, torch.Tensor):
+            return _npy(x.detach().cpu().float().numpy())
+        if isinstance(x, TokenBatch):
+            return {"input_ids": _npy(x.input_ids.cpu().numpy()), "attention_mask": _npy(x.attention_mask.cpu().numpy())}
+        return list(x)
+
+    def _call(self, op: str, x, extra: dict | None = None, gradient: bool = False, with_logits: bool = False):
+        n = len(x)
+        if self._remaining is not None and n > self._remaining:
+            self._sync_remaining()  # others may share the token; the server has the last word
+        if self._remaining is not None and n > self._remaining:
+            raise QueryBudgetExceeded(
+                f"this call needs {n} queries but only {self._remaining} of the budget of {self.budget} "
+                "are left; nothing was run"
+            )
+        outs, logits = [], []
+        for start in range(0, n, self.batch_size):
+            part = x[start:start + self.batch_size]
+            body = {"inputs": self._payload(part), **(extra or {})}
+            if "labels" in body:
+                body["labels"] = body["labels"][start:start + self.batch_size].tolist()
+            ans = self._request("POST", f"/v1/tasks/{self.task}/{op}", params={"format": "npy"}, json=body)
+            with self._lock:
+                self._queries += ans["queries"]
+                if gradient:
+                    self._gradient_queries += ans["queries"]
+                self._remaining = ans["remaining"]
+            outs.append(torch.from_numpy(_from_npy(ans["outputs"]).copy()))
+            if with_logits:
+                logits.append(torch.from_numpy(_from_npy(ans["logits"]).copy()))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if with_logits:
+            return out, (logits[0] if len(logits) == 1 else torch.cat(logits))
+        return out
+
+    def predict(self, x) -> torch.Tensor:
+        """Predicted labels, a LongTensor of N (any access level)."""
+        return self._call("predict", self.prepare_inputs(x)).long()
+
+    def predict_proba(self, x) -> torch.Tensor:
+        """Class probabilities N×K (needs ``scores`` access)."""
+        self._require("scores", "predict_proba")
+        return self._call("proba", self.prepare_inputs(x))
+
+    def logits(self, x) -> torch.Tensor:
+        """Raw class scores N×K (needs ``scores`` access)."""
+        self._require("scores", "logits")
+        return self._call("logits", self.prepare_inputs(x))
+
+    def gradient(self, x, y, loss: str = "ce", targeted: bool = False, *, return_logits: bool = False):
+        """∇ of the loss w.r.t. the inputs (white-box); ``loss`` is ``"ce"`` or ``"margin"``
+        (a callable loss cannot travel to the server)."""
+        self._require("white-box", "gradient")
+        if loss not in ("ce", "margin"):
+            raise ValueError("a remote model's gradient takes loss='ce' or 'margin' (a callable cannot be sent)")
+        x = self.prepare_inputs(x)
+        y = self.prepare_labels(y, len(x))
+        body = {"labels": y.cpu(), "loss": loss, "targeted": bool(targeted), "return_logits": bool(return_logits)}
+        return self._call("gradient", x, body, gradient=True, with_logits=bool(return_logits))
+
+    # -- text --------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Token ids and attention mask for ``texts`` (any access level; not charged)."""
+        self._require_text("tokenize")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("tokenize(texts): expected a list of str")
+        ans = self._request("POST", f"/v1/tasks/{self.task}/tokenize", params={"format": "npy"},
+                            json={"texts": list(texts)})
+        ids = torch.from_numpy(_from_npy(ans["input_ids"]).astype(np.int64))
+        mask = torch.from_numpy(_from_npy(ans["attention_mask"]).astype(np.int64))
+        return TokenBatch(ids, mask)
+
+    def detokenize(self, tokens: TokenBatch | torch.Tensor) -> list[str]:
+        """Readable strings back from a TokenBatch or a B×T id tensor (any access level)."""
+        self._require_text("detokenize")
+        if isinstance(tokens, torch.Tensor) and tokens.dim() == 2 and not tokens.is_floating_point():
+            tokens = TokenBatch(tokens.long().cpu(), (tokens != self._info.get("pad_id", 0)).long().cpu())
+        if not isinstance(tokens, TokenBatch):
+            raise TypeError("detokenize(tokens): expected a TokenBatch or a B×T integer tensor")
+        ans = self._request("POST", f"/v1/tasks/{self.task}/detokenize", json={"inputs": self._payload(tokens)})
+        return list(ans["texts"])
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding table V×D (white-box text tasks)."""
+        self._require_text("embedding_matrix")
+        self._require("white-box", "embedding_matrix")
+        ans = self._request("GET", f"/v1/tasks/{self.task}/embedding", params={"format": "npy"})
+        return torch.from_numpy(_from_npy(ans["embedding"]).copy())
+
+    def embeddings(self, x) -> torch.Tensor:
+        """Input token embeddings B×T×D of ``x`` (white-box text tasks; sends nothing forward)."""
+        self._require_text("embeddings")
+        self._require("white-box", "embeddings")
+        x = self.prepare_inputs(x)
+        ans = self._request("POST", f"/v1/tasks/{self.task}/embedding", params={"format": "npy"},
+                            json={"inputs": self._payload(x)})
+        return torch.from_numpy(_from_npy(ans["embeddings"]).copy())
+
+    def restrict(self, access: str, budget=None):
+        raise AccessDenied("a remote model's access level and budget are set by the server")
+
+
+_CHECKERS: dict = {}
+
+
+def _image_checker(model: RemoteModel):
+    """A weightless ModelWrapper with the task's shape, bounds and classes: its validators are
+    the wrapper's own, so remote and local inputs are checked the same way."""
+    from .wrapper import ModelWrapper
+
+    key = (model.num_classes, model.input_shape, model.input_bounds)
+    if key not in _CHECKERS:
+        _CHECKERS[key] = ModelWrapper(torch.nn.Identity(), modality="image", num_classes=model.num_classes,
+                                      input_shape=model.input_shape, input_bounds=model.input_bounds)
+    return _CHECKERS[key]
+
+
+def _labels(y, n: int, k: int, arg: str) -> torch.Tensor:
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(y)
+    if isinstance(y, int):
+        y = torch.full((n,), y)
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"{arg}: expected integer class labels, got {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{arg}: expected {n} labels (shape ({n},)), got shape {tuple(y.shape)}")
+    lo, hi = (int(v) for v in torch.aminmax(y))
+    if lo < 0 or hi >= k:
+        raise ValueError(f"{arg}: labels must lie in [0, {k - 1}], got [{lo}, {hi}]")
+    return y.long()
+
+
+def connect(url: str, token: str, task: str, *, timeout: float = 60.0) -> RemoteModel:
+    """A :class:`RemoteModel` for ``task`` on the server at ``url``, authenticated by ``token``."""
+    if not isinstance(token, str) or not token:
+        raise ValueError("token: pass the token from `maestro tokens create`")
+    return RemoteModel(url, token, task, timeout=timeout)
+
+

@@ -1,0 +1,76 @@
+"""Arrays on the wire: JSON lists or base64-encoded ``.npy`` (``{"npy_b64": ...}``).
+
+``.npy`` payloads are read with ``np.load(allow_pickle=False)``: object arrays are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import numpy as np
+
+_NUMERIC = "biuf"
+
+
+def from_npy_b64(data: str, what: str = "inputs") -> np.ndarray:
+    if not isinstance(data, str):
+        raise ValueError(f"{what}: npy_b64 must be a base64 string")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what}: npy_b64 is not valid base64") from None
+    try:
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err).lower() or "object" in str(err).lower():
+            raise ValueError(f"{what}: object arrays are not accepted (no pickle)") from None
+        raise ValueError(f"{what}: not a valid .npy array ({err})") from None
+    except Exception as err:
+        raise ValueError(f"{what}: not a valid .npy array ({type(err).__name__}: {err})") from None
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{what}: expected one .npy array, got an archive")
+    if arr.dtype.kind not in _NUMERIC:
+        raise ValueError(f"{what}: expected a numeric array, got dtype {arr.dtype}")
+    if not arr.dtype.isnative:  # big-endian payloads: torch only takes native byte order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def to_npy_b64(arr: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def from_json_list(value, what: str, dtype) -> np.ndarray:
+    """A (nested) JSON list of numbers as an array of ``dtype``; ragged or non-numeric lists are
+    refused with a reason."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"{what}: ragged nested list (rows of different lengths)") from None
+    if arr.dtype == object:
+        raise ValueError(f"{what}: ragged nested list (rows of different lengths)")
+    if arr.dtype.kind not in _NUMERIC:
+        raise ValueError(f"{what}: expected numbers, got {arr.dtype.kind!r}-type values")
+    if arr.dtype.kind == "f" and np.dtype(dtype).kind in "iu":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{what}: expected whole numbers")
+    return arr.astype(dtype)
+
+
+def decode(value, what: str, dtype=np.float32) -> np.ndarray:
+    """Either wire form to an array (JSON lists are read as ``dtype``; ``.npy`` keeps its dtype)."""
+    if isinstance(value, dict):
+        if set(value) != {"npy_b64"}:
+            raise ValueError(f"{what}: an object must be {{\"npy_b64\": \"...\"}}")
+        return from_npy_b64(value["npy_b64"], what)
+    if isinstance(value, (list, int, float)) and not isinstance(value, bool):
+        return from_json_list(value, what, dtype)
+    raise ValueError(f"{what}: expected a JSON list or {{\"npy_b64\": ...}}")
+
+
+def encode(arr: np.ndarray, fmt: str):
+    return {"npy_b64": to_npy_b64(arr)} if fmt == "npy" else arr.tolist()

@@ -1,0 +1,192 @@
+"""maestro.remote against a real server on 127.0.0.1: the wrapper's interface, its errors,
+and black-box attacks running unchanged within the server's budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import maestro
+from maestro.attacks import PGD, HopSkipJump, SquareAttack
+from maestro.errors import AccessDenied, QueryBudgetExceeded
+from maestro.remote import RemoteModel, connect
+from maestro.server import ServerConfig, create_app
+from maestro.server.local import background_server
+
+CONFIG = """
+[server]
+rate_limit = 0
+max_batch = 512
+
+[tasks.scores]
+model = "cnn-digits"
+dataset = "digits"
+access = "scores"
+budget = 20000
+threat = { norm = "linf", eps = 0.2 }
+
+[tasks.labels]
+model = "cnn-digits"
+dataset = "digits"
+access = "labels"
+budget = 8000
+threat = { norm = "l2", eps = 1.5 }
+
+[tasks.small]
+model = "cnn-digits"
+access = "labels"
+budget = 30
+
+[tasks.wb]
+model = "cnn-digits"
+access = "white-box"
+
+[tasks.tweets]
+model = "lstm-tweets"
+dataset = "tweets"
+access = "white-box"
+threat = { norm = "tokens", eps = 2 }
+
+[tasks.tweets-labels]
+model = "lstm-tweets"
+access = "labels"
+threat = { norm = "tokens", eps = 2 }
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    course = tmp_path_factory.mktemp("course")
+    (course / "server.toml").write_text(CONFIG)
+    app = create_app(ServerConfig.load(course))
+    with background_server(app) as url:
+        yield url, app.state.store
+    app.state.store.close()
+
+
+@pytest.fixture(scope="module")
+def token(server):
+    return server[1].create_token("remote-student")
+
+
+@pytest.fixture(scope="module")
+def local():
+    return maestro.models.load("cnn-digits")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = maestro.datasets.load("digits", split="test")
+    return d.x[:40], d.y[:40]
+
+
+def test_remote_mirrors_the_wrapper(server, token, local, digits):
+    x, y = digits
+    with connect(server[0], token, "scores") as m:
+        assert isinstance(m, RemoteModel)
+        assert (m.modality, m.access, m.num_classes, m.input_shape) == ("image", "scores", 10, (1, 8, 8))
+        assert m.input_bounds == (0.0, 1.0) and m.budget == 20000 and m.remaining == 20000
+        assert m.threat == maestro.ThreatModel("linf", 0.2, access="scores")
+        assert torch.equal(m.predict(x), local.predict(x))
+        assert torch.equal(m.predict_proba(x), local.predict_proba(x))
+        assert torch.equal(m.logits(x[:5]), local.logits(x[:5]))
+        assert m.queries == 85 and m.remaining == 20000 - 85
+        with pytest.raises(AccessDenied, match="'white-box' access"):
+            m.gradient(x, y)
+        assert m.queries == 85  # refused before anything was sent
+        # the wrapper's own validators, before anything is sent
+        with pytest.raises(ValueError, match="divide by 255"):
+            m.predict(x * 255)
+        with pytest.raises(TypeError, match="floating-point"):
+            m.predict((x * 16).long())
+        with pytest.raises(ValueError, match="labels must lie in"):
+            m.prepare_labels([10] * 3, 3)
+        assert m.queries == 85
+        # and the server's 422, for inputs that reach it anyway, as ValueError with its reason
+        with pytest.raises(ValueError, match="server: inputs: expected shape"):
+            m._call("predict", torch.zeros(2, 1, 4, 4))
+    with connect(server[0], token, "labels") as m:
+        with pytest.raises(AccessDenied, match="allows: predict"):
+            m.predict_proba(x)
+    with connect(server[0], token, "wb") as m:
+        assert m.budget is None
+        torch.testing.assert_close(m.gradient(x, y), local.gradient(x, y), rtol=0, atol=1e-6)
+        torch.testing.assert_close(m.gradient(x, y, loss="margin", targeted=True),
+                                   local.gradient(x, y, loss="margin", targeted=True), rtol=0, atol=1e-6)
+        # a white-box attack runs through the server too
+        before = m.queries
+        r = PGD(maestro.ThreatModel("linf", 0.2), steps=5)(m, x[:10], y[:10])
+        here = PGD(maestro.ThreatModel("linf", 0.2), steps=5)(local, x[:10], y[:10])
+        assert r.queries == here.queries == m.queries - before and r.success_rate > 0.5
+        assert torch.equal(r.success, here.success) and torch.allclose(r.x_adv, here.x_adv, atol=1e-6)
+
+
+def test_errors_map_to_the_kits(server, token, digits):
+    url, store = server
+    x = digits[0]
+    with pytest.raises(AccessDenied, match="invalid or revoked"):
+        connect(url, "mt_wrong", "scores")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        connect(url, token, "nope")
+    spender = store.create_token("budget-spender")
+    m = connect(url, spender, "small")
+    m.predict(x[:25])
+    with pytest.raises(QueryBudgetExceeded, match="needs 10 queries but only 5"):
+        m.predict(x[:10])  # refused by the client, nothing sent
+    # a second client of the same token spends the rest; the first still believes 5 are left,
+    # so its request reaches the server, whose 429 becomes the same error
+    connect(url, spender, "small").predict(x[:5])
+    assert m.remaining == 5
+    with pytest.raises(QueryBudgetExceeded, match="server: budget spent"):
+        m.predict(x[:1])
+    assert m.remaining == 0 and store.used(store.authenticate(spender).token_id, "small") == 30
+    with pytest.raises(maestro.errors.MaestroError, match="cannot reach"):
+        connect("http://127.0.0.1:9", token, "scores", timeout=2)
+
+
+def test_black_box_attacks_run_unchanged_within_the_budget(server, local, digits):
+    url, store = server
+    x, y = digits
+    m = connect(url, store.create_token("attacker"), "scores")
+    threat = maestro.ThreatModel("linf", 0.2, access="scores")
+    remote = SquareAttack(threat, max_queries=100)(m, x, y)
+    here = SquareAttack(threat, max_queries=100)(local.restrict("scores"), x, y)
+    assert remote.success_rate > 0.7
+    assert torch.equal(remote.success, here.success) and remote.queries == here.queries
+    assert torch.allclose(remote.x_adv, here.x_adv)
+    assert m.queries == remote.queries and m.remaining == 20000 - remote.queries
+    info = m.refresh()
+    assert info["used"] == remote.queries  # the server counted exactly what the attack counted
+
+    m = connect(url, store.create_token("hsj"), "labels")
+    l2 = maestro.ThreatModel("l2", 1.5, access="labels")
+    hsj = HopSkipJump(l2, max_queries=150)(m, x[:20], y[:20])
+    assert hsj.success_rate > 0.4 and hsj.queries <= 8000
+    assert m.refresh()["used"] == hsj.queries == m.queries
+    # an attack given less budget than it wants stops cleanly at the budget
+    tight = connect(url, store.create_token("tight"), "small")
+    r = HopSkipJump(l2, max_queries=150)(tight, x[:20], y[:20])
+    assert r.queries <= 30 and tight.remaining == 30 - r.queries
+
+
+def test_text_tasks(server, token):
+    texts = ["the flight was late again", "great crew, thank you!"]
+    clf = maestro.models.load("lstm-tweets")
+    with connect(server[0], token, "tweets-labels") as m:
+        tb = m.tokenize(texts)
+        assert torch.equal(tb.input_ids, clf.tokenize(texts).input_ids)
+        assert m.detokenize(tb) == texts and m.detokenize(tb.input_ids) == texts
+        assert torch.equal(m.predict(texts), clf.predict(texts)) and torch.equal(m.predict(tb), clf.predict(texts))
+        with pytest.raises(AccessDenied):
+            m.embedding_matrix()
+        with pytest.raises(AccessDenied):
+            m.embeddings(texts)
+        with pytest.raises(TypeError, match="one str"):
+            m.predict("one text")
+    with connect(server[0], token, "tweets") as m:
+        g = m.gradient(texts, [1, 0])
+        assert g.shape == clf.gradient(texts, [1, 0]).shape
+        torch.testing.assert_close(g, clf.gradient(texts, [1, 0]), rtol=0, atol=1e-6)
+        assert torch.equal(m.embedding_matrix(), clf.embedding_matrix())
+        assert torch.equal(m.embeddings(texts), clf.embeddings(texts))
+        assert m.queries == 2  # embeddings and tokenize are free, as in the wrapper
