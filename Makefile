@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev,server]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,server,grading]"
 	$(PIP) install -q -c constraints.txt --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
@@ -41,7 +41,7 @@ bench: models
 	@for b in benchmarks/attacks.py; do [ -f $$b ] && $(OFFLINE) $(BIN)/python $$b || true; done
 
 lint: install
-	$(BIN)/ruff check maestro tests benchmarks
+	$(BIN)/ruff check maestro autograder tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,275 @@
+"""grading.toml: what an assignment's artifact must be and how it is scored.
+
+``load_config(path)`` reads the file with :mod:`tomllib` and returns a :class:`GradingConfig`;
+anything missing, misspelt or out of range raises :class:`ConfigError` naming the file, the
+table and the key. The file format (see ``assignments/01-whitebox/grading.toml``)::
+
+    [assignment]  id, title, model, dataset, max_score, pass_score
+    [threat]      norm, eps, bounds, atol          -> maestro.ThreatModel
+    [notebook]    file, labels ("model-predictions": hidden labels never reach the sandbox), timeout_s
+    [artifacts.NAME]  file, dtype, shape ("inputs" or a list of ints)
+    [split]       public_fraction, public_weight, salt   (the public/private split of the hidden set)
+    [[score.terms]]  name, metric, points, zero_at, full_at, requires (optional)
+
+A score term earns ``points · clip((metric − zero_at) / (full_at − zero_at), 0, 1)``: it works
+for "higher is better" (full_at > zero_at) and "lower is better" (full_at < zero_at) metrics.
+A term with ``requires = "<other term>"`` earns nothing unless that term earned some points.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: metrics the scorer computes for each part (public / private) of the hidden set
+METRICS = {
+    "success_rate": "fraction of the examples the model classifies correctly (clean) that x_adv "
+    "gets misclassified",
+    "robust_accuracy": "fraction of all examples still classified correctly at x_adv",
+    "clean_accuracy": "fraction of all examples classified correctly without attack",
+    "median_linf": "median L∞ distance of the successful adversarial examples",
+    "median_l2": "median L2 distance of the successful adversarial examples",
+}
+NORMS = ("linf", "l2", "l0")
+DTYPES = ("float32", "float64", "float16")
+LABEL_MODES = ("model-predictions", "none")
+
+
+class ConfigError(ValueError):
+    """A grading.toml that cannot be used; the message names the file, table and key."""
+
+
+@dataclass(frozen=True)
+class ThreatSpec:
+    norm: str
+    eps: float
+    bounds: tuple[float, float] = (0.0, 1.0)
+    atol: float = 1e-6
+
+    def threat_model(self):
+        import maestro
+
+        return maestro.ThreatModel(self.norm, self.eps, bounds=self.bounds, atol=self.atol)
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    key: str
+    file: str
+    dtype: str = "float32"
+    shape: str | tuple[int, ...] = "inputs"
+
+    def expected_shape(self, inputs_shape) -> tuple[int, ...]:
+        return tuple(inputs_shape) if self.shape == "inputs" else tuple(self.shape)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    public_fraction: float = 0.5
+    public_weight: float = 0.5
+    salt: str = ""
+
+
+@dataclass(frozen=True)
+class ScoreTerm:
+    name: str
+    metric: str
+    points: float
+    zero_at: float
+    full_at: float
+    requires: str | None = None
+
+    def fraction(self, value: float) -> float:
+        """The share of ``points`` that ``value`` earns, in [0, 1] (NaN earns 0)."""
+        if value is None or not math.isfinite(value):
+            return 0.0
+        return float(np.clip((value - self.zero_at) / (self.full_at - self.zero_at), 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    file: str = ""
+    labels: str = "model-predictions"
+    timeout_s: int = 300
+
+
+@dataclass(frozen=True)
+class GradingConfig:
+    id: str
+    title: str
+    model: str
+    dataset: str
+    threat: ThreatSpec
+    artifacts: tuple[ArtifactSpec, ...]
+    terms: tuple[ScoreTerm, ...]
+    split: SplitSpec = field(default_factory=SplitSpec)
+    notebook: NotebookSpec = field(default_factory=NotebookSpec)
+    max_score: float = 100.0
+    pass_score: float = 0.0
+    path: Path | None = None
+
+    def artifact(self, key: str | None = None) -> ArtifactSpec:
+        if key is None:
+            return self.artifacts[0]
+        for a in self.artifacts:
+            if a.key == key or a.file == key:
+                return a
+        raise KeyError(f"{self.id}: no artifact {key!r}; configured: "
+                       f"{', '.join(a.file for a in self.artifacts)}")
+
+
+# -- loading -----------------------------------------------------------------------------
+class _Table:
+    """A TOML table with typed getters whose errors say where the problem is."""
+
+    def __init__(self, where: str, data, name: str):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table, got {type(data).__name__}")
+        self.where, self.data, self.name, self.used = where, data, name, set()
+
+    def _err(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.where}: [{self.name}] {key}: {msg}")
+
+    def get(self, key, kind, default=..., *, check=None, what=""):
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise self._err(key, f"missing (expected {what or kind.__name__})")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            raise self._err(key, f"expected {what or kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise self._err(key, f"must be finite, got {value!r}")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise self._err(key, problem)
+        return value
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise ConfigError(f"{self.where}: [{self.name}] unknown key(s) {', '.join(extra)} "
+                              f"(known: {', '.join(sorted(self.used))})")
+
+
+def _one_of(options):
+    return lambda v: None if v in options else f"must be one of {', '.join(map(repr, options))}, got {v!r}"
+
+
+def load_config(path) -> GradingConfig:
+    """Read and validate a grading.toml; raise :class:`ConfigError` on any problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such grading config") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    cfg = parse_config(raw, where=str(path))
+    object.__setattr__(cfg, "path", path)
+    return cfg
+
+
+def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
+    """Validate an already-parsed TOML document (see :func:`load_config`)."""
+    top = _Table(where, raw, "top level")
+    for key in ("assignment", "threat", "artifacts", "score", "split", "notebook"):
+        top.used.add(key)
+    top.done()
+
+    a = _Table(where, raw.get("assignment"), "assignment")
+    ident = a.get("id", str, check=lambda v: None if v.strip() else "must not be empty")
+    title = a.get("title", str, "")
+    model = a.get("model", str)
+    dataset = a.get("dataset", str)
+    max_score = a.get("max_score", float, 100.0, check=lambda v: None if v > 0 else "must be > 0")
+    pass_score = a.get("pass_score", float, 0.0,
+                       check=lambda v: None if 0 <= v <= max_score else f"must lie in [0, {max_score:g}]")
+    a.done()
+
+    t = _Table(where, raw.get("threat"), "threat")
+    norm = t.get("norm", str, check=_one_of(NORMS))
+    eps = t.get("eps", float, check=lambda v: None if v >= 0 else "must be ≥ 0")
+    bounds = t.get("bounds", list, [0.0, 1.0], what="[low, high]")
+    if (len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            or not bounds[0] < bounds[1]):
+        raise ConfigError(f"{where}: [threat] bounds: expected [low, high] with low < high, got {bounds!r}")
+    atol = t.get("atol", float, 1e-6, check=lambda v: None if 0 <= v < 1 else "must lie in [0, 1)")
+    t.done()
+    threat = ThreatSpec(norm, eps, (float(bounds[0]), float(bounds[1])), atol)
+
+    arts_raw = raw.get("artifacts")
+    if not isinstance(arts_raw, dict) or not arts_raw:
+        raise ConfigError(f"{where}: [artifacts.NAME] missing: name at least one artifact, e.g. "
+                          "[artifacts.x_adv] file = \"x_adv.npy\"")
+    artifacts = []
+    for key, body in arts_raw.items():
+        s = _Table(where, body, f"artifacts.{key}")
+        file = s.get("file", str, check=lambda v: None if v.endswith(".npy") and "/" not in v
+                     and "\\" not in v and not v.startswith(".") else "must be a plain *.npy file name")
+        dtype = s.get("dtype", str, "float32", check=_one_of(DTYPES))
+        shape = s.get("shape", (str, list), "inputs", what='"inputs" or a list of ints')
+        if isinstance(shape, str) and shape != "inputs" or isinstance(shape, list) and not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ConfigError(f"{where}: [artifacts.{key}] shape: expected \"inputs\" or a list of "
+                              f"non-negative ints, got {shape!r}")
+        s.done()
+        artifacts.append(ArtifactSpec(key, file, dtype, shape if isinstance(shape, str) else tuple(shape)))
+
+    sp = _Table(where, raw.get("split", {}), "split")
+    frac = sp.get("public_fraction", float, 0.5,
+                  check=lambda v: None if 0 < v < 1 else "must lie strictly between 0 and 1")
+    weight = sp.get("public_weight", float, frac, check=lambda v: None if 0 <= v <= 1 else "must lie in [0, 1]")
+    salt = sp.get("salt", str, ident)
+    sp.done()
+
+    nb = _Table(where, raw.get("notebook", {}), "notebook")
+    notebook = NotebookSpec(
+        nb.get("file", str, ""),
+        nb.get("labels", str, "model-predictions", check=_one_of(LABEL_MODES)),
+        nb.get("timeout_s", int, 300, check=lambda v: None if v > 0 else "must be > 0"),
+    )
+    nb.done()
+
+    sc = _Table(where, raw.get("score"), "score")
+    terms_raw = sc.get("terms", list, what="an array of tables [[score.terms]]")
+    sc.done()
+    if not terms_raw:
+        raise ConfigError(f"{where}: [[score.terms]] is empty: give at least one term")
+    terms = []
+    for i, body in enumerate(terms_raw):
+        s = _Table(where, body, f"score.terms #{i + 1}")
+        term = ScoreTerm(
+            s.get("name", str),
+            s.get("metric", str, check=_one_of(tuple(METRICS))),
+            s.get("points", float, check=lambda v: None if v > 0 else "must be > 0"),
+            s.get("zero_at", float),
+            s.get("full_at", float),
+            s.get("requires", str, None),
+        )
+        s.done()
+        if term.zero_at == term.full_at:
+            raise ConfigError(f"{where}: [score.terms #{i + 1}] zero_at and full_at must differ "
+                              f"(both {term.zero_at:g})")
+        terms.append(term)
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: [[score.terms]] names must be unique, got {names}")
+    for term in terms:
+        if term.requires is not None and (term.requires not in names or term.requires == term.name):
+            raise ConfigError(f"{where}: [score.terms {term.name!r}] requires {term.requires!r}: "
+                              f"must name another term ({', '.join(names)})")
+    total = sum(t.points for t in terms)
+    if not math.isclose(total, max_score, rel_tol=1e-9):
+        raise ConfigError(f"{where}: the [[score.terms]] points add up to {total:g}, but "
+                          f"[assignment] max_score is {max_score:g}")
+    return GradingConfig(ident, title, model, dataset, threat, tuple(artifacts), tuple(terms),
+                         SplitSpec(frac, weight, salt), notebook, max_score, pass_score)

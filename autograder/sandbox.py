@@ -1,0 +1,687 @@
+"""Run one student notebook in a sandbox and bring back only validated data.
+
+``run_notebook`` executes the notebook with papermill; papermill and the Jupyter kernel run
+together INSIDE the sandbox (one process tree), started by ``_runner.py``.
+
+Isolation with bubblewrap (``sandbox="bwrap"``): new user, pid, net, ipc, uts and cgroup
+namespaces; no network at all (not even loopback to the host); a fresh root holding read-only
+binds of ``/usr`` (+ the ``/lib*``, ``/bin`` links), ``/etc/ld.so.cache``, the Python
+installation, the virtual environment, the ``maestro`` package source and, if asked, the model
+zoo; a private size-capped tmpfs ``/tmp``; ``/sandbox/work`` (this submission and its
+``outputs/`` folder) as the only writable folder; the inputs read-only under
+``/sandbox/inputs``. Nothing else of the host is visible: not ``/``, not the course folder,
+not other students. The sandbox runs as uid 1000 inside, with an explicit environment.
+
+Limits (``Limits``): RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC per process, a
+wall-clock deadline for the WHOLE notebook (the process tree is killed; with bwrap the pid
+namespace dies with it), a cap on the bytes in the work folder (checked every second), a cap on
+the notebook outputs kept and on the log captured.
+
+Process limit: RLIMIT_NPROC counts tasks per *real* uid and does not bind root, and bwrap run
+by root maps the sandbox user to root outside. So: as non-root, RLIMIT_NPROC is set to the
+tasks the uid already has plus ``Limits.processes`` (the kernel refuses further fork()/clone(),
+threads count too); as root, a per-run pids cgroup (v1, or v2 with the pids controller) with
+``pids.max`` set, where the cgroup file system is writable, and in any case a watchdog thread
+that counts the tasks of the process tree every 0.1 s and kills the tree above the limit.
+Killing the tree is complete: bwrap's pid namespace (or ``unshare --pid --kill-child``) dies
+with its first process.
+
+Fallback without bwrap (``sandbox="fallback"``): the same rlimits and deadline, ``unshare``
+for a new network + pid namespace where the system allows it, and a LOUD warning in the
+result: the notebook then sees the host file system.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autograder import artifacts as _artifacts
+
+STATUSES = ("ok", "error", "timeout", "killed", "crashed")
+_RUNNER = Path(__file__).with_name("_runner.py")
+_FALLBACK_WARNING = ("WARNING: no bubblewrap sandbox: the notebook ran with resource limits only "
+                     "and could read the host file system")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one notebook run (bytes, seconds, tasks)."""
+
+    cpu_seconds: int = 600            # RLIMIT_CPU, per process
+    memory_bytes: int = 4 * 2**30     # RLIMIT_AS, per process (virtual memory)
+    processes: int = 256              # tasks (processes + threads) the run may add
+    file_size_bytes: int = 256 * 2**20  # RLIMIT_FSIZE: largest file it may write
+    wall_seconds: float = 900.0       # the whole notebook, start to end
+    output_bytes: int = 1 * 2**20     # cell outputs kept in the executed notebook; log kept
+    tmp_bytes: int = 256 * 2**20      # size of the private /tmp (bwrap only)
+    disk_bytes: int = 1 * 2**30       # all files in the work folder (checked every second)
+    artifact_bytes: int = 64 * 2**20  # largest artifact accepted
+
+
+@dataclass
+class RunResult:
+    """What a run gives back. ``reason`` is written for the student."""
+
+    status: str
+    reason: str
+    duration: float
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    artifact_errors: dict[str, str] = field(default_factory=dict)
+    executed_notebook: Path | None = None
+    log_tail: str = ""
+    sandbox: str = "bwrap"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and not self.artifact_errors
+
+
+# ----------------------------------------------------------------------------- probing
+
+_probe_cache: dict[str, tuple[bool, str]] = {}
+
+
+def probe_bwrap() -> tuple[bool, str]:
+    """Can bubblewrap start a user-namespace sandbox here? ``(works, why not)``; cached."""
+    key = "bwrap"
+    if key not in _probe_cache:
+        exe = shutil.which("bwrap")
+        if exe is None:
+            _probe_cache[key] = (False, "bwrap is not installed (apt-get install bubblewrap)")
+        else:
+            argv = [exe, "--unshare-all", "--unshare-user", "--die-with-parent",
+                    "--ro-bind", "/usr", "/usr", *_lib_links(), "--proc", "/proc",
+                    "--dev", "/dev", "true"]
+            try:
+                proc = subprocess.run(argv, check=False, capture_output=True, timeout=30)
+                ok = proc.returncode == 0
+                why = "" if ok else proc.stderr.decode(errors="replace").strip()[:500]
+            except (OSError, subprocess.SubprocessError) as err:
+                ok, why = False, str(err)
+            _probe_cache[key] = (ok, why and f"bwrap cannot start here: {why}")
+    return _probe_cache[key]
+
+
+def _probe_unshare(args: list[str]) -> bool:
+    key = "unshare:" + " ".join(args)
+    if key not in _probe_cache:
+        ok = False
+        if shutil.which("unshare"):
+            try:
+                ok = subprocess.run(["unshare", *args, "true"], check=False, capture_output=True,
+                                    timeout=30).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                ok = False
+        _probe_cache[key] = (ok, "")
+    return _probe_cache[key][0]
+
+
+def _lib_links() -> list[str]:
+    """``/bin``, ``/lib*``, ``/sbin``: symlinks into /usr on merged-/usr systems, else binds."""
+    argv: list[str] = []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            argv += ["--ro-bind", str(path), str(path)]
+    return argv
+
+
+# ----------------------------------------------------------------------------- limits
+
+def _count_tasks(uid: int) -> int:
+    """Tasks (threads included) whose real uid is ``uid``: what RLIMIT_NPROC counts."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as fh:
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        uid_line = next((ln for ln in text.splitlines() if ln.startswith("Uid:")), "")
+        threads = next((ln for ln in text.splitlines() if ln.startswith("Threads:")), "")
+        if uid_line.split()[1:2] == [str(uid)]:
+            total += int(threads.split()[1]) if threads else 1
+    return total
+
+
+def _limited(argv: list[str], limits: Limits, nproc: int) -> list[str]:
+    """Wrap ``argv``: wait for the gate (the parent puts us in the cgroup first), set rlimits.
+
+    A shell + ``prlimit`` instead of a ``preexec_fn``: preexec_fn is not safe when the grader
+    has threads (and it has: several runs may share a process).
+    """
+    cpu = max(1, int(limits.cpu_seconds))
+    prlimit = ["prlimit", f"--cpu={cpu}:{cpu + 5}", f"--as={limits.memory_bytes}",
+               f"--fsize={limits.file_size_bytes}", f"--nproc={nproc}", "--core=0", "--"]
+    script = 'read -r _ || exit 111; exec </dev/null; exec "$@"'  # the gate is stdin
+    return ["/bin/sh", "-c", script, "maestro-sandbox", *prlimit, *argv]
+
+
+class _PidsCgroup:
+    """A per-run pids cgroup (v1 or v2) capping the tasks of the whole sandbox, if allowed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.hit = False
+
+    def attach(self, pid: int) -> None:
+        try:
+            (self.path / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            pass
+
+    @classmethod
+    def create(cls, max_tasks: int) -> _PidsCgroup | None:
+        try:
+            lines = Path("/proc/self/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        base = None
+        for line in lines:
+            _, controllers, rel = line.split(":", 2)
+            if "pids" in controllers.split(",") and Path("/sys/fs/cgroup/pids").is_dir():
+                base = Path("/sys/fs/cgroup/pids") / rel.lstrip("/")
+            elif controllers == "" and base is None:
+                v2 = Path("/sys/fs/cgroup") / rel.lstrip("/")
+                try:
+                    if "pids" in (v2 / "cgroup.subtree_control").read_text().split():
+                        base = v2
+                except OSError:
+                    pass
+        if base is None:
+            return None
+        path = base / f"maestro-sandbox-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir()
+            (path / "pids.max").write_text(str(max_tasks))
+        except OSError:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+            return None
+        return cls(path)
+
+    def destroy(self) -> None:
+        try:
+            events = (self.path / "pids.events").read_text().split()
+            self.hit = len(events) >= 2 and events[1] != "0"
+        except OSError:
+            pass
+        for _ in range(50):
+            try:
+                pids = (self.path / "cgroup.procs").read_text().split()
+            except OSError:
+                return
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _sandbox_env(home: str, tmp: str, maestro_home: str | None, venv_bin: str) -> dict[str, str]:
+    env = {
+        "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": tmp,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "JUPYTER_RUNTIME_DIR": f"{tmp}/jupyter-runtime",
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "IPYTHONDIR": f"{tmp}/ipython",
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": f"{tmp}/matplotlib",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": f"{tmp}/hf",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    if maestro_home:
+        env["MAESTRO_HOME"] = maestro_home
+    return env
+
+
+class _Tail:
+    """Reads a pipe to the end, keeping only the last ``keep`` bytes (and counting the rest)."""
+
+    def __init__(self, stream, keep: int) -> None:
+        self.buf: collections.deque[bytes] = collections.deque()
+        self.size = 0
+        self.total = 0
+        self.keep = keep
+        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, stream) -> None:
+        while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
+            self.total += len(chunk)
+            self.buf.append(chunk)
+            self.size += len(chunk)
+            while self.size - len(self.buf[0]) >= self.keep:
+                self.size -= len(self.buf.popleft())
+
+    def text(self) -> str:
+        self.thread.join(timeout=5)
+        data = b"".join(self.buf)[-self.keep:]
+        head = f"[{self.total - len(data)} earlier bytes dropped]\n" if self.total > len(data) else ""
+        return head + data.decode(errors="replace")
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+def run_notebook(
+    notebook_path: str | os.PathLike[str],
+    *,
+    workdir: str | os.PathLike[str],
+    parameters: dict[str, Any] | None = None,
+    inputs: dict[str, str | os.PathLike[str]] | None = None,
+    outputs: list[str] | None = None,
+    limits: Limits | None = None,
+    sandbox: str = "auto",
+    gpu: bool = False,
+    maestro_home: str | os.PathLike[str] | None = None,
+) -> RunResult:
+    """Execute ``notebook_path`` in a sandbox; return status, reason and validated artifacts.
+
+    The notebook gets papermill parameters: ``parameters``, plus ``inputs`` (name -> path of
+    each input file as seen inside the sandbox, read-only) and ``output_dir`` (where it must
+    write the ``outputs`` artifacts). ``workdir`` is a fresh host folder for this run (the
+    grader's, never the course folder): it receives ``work/`` (the sandbox's only writable
+    folder), ``artifacts/`` (validated copies) and ``executed.ipynb``.
+    ``maestro_home``: the model zoo folder, bound read-only as ``$MAESTRO_HOME`` if given.
+    """
+    limits = limits or Limits()
+    parameters = dict(parameters or {})
+    inputs = {k: Path(v) for k, v in (inputs or {}).items()}
+    outputs = list(outputs or [])
+    for reserved in ("inputs", "output_dir"):
+        if reserved in parameters:
+            raise ValueError(f"parameter name {reserved!r} is reserved by the sandbox")
+    for name in [*inputs, *outputs]:
+        _artifacts.check_name(name) if name in outputs else _check_input_name(name)
+    if gpu:
+        raise NotImplementedError("gpu=True is not supported by the sandbox yet (CPU only)")
+    if sandbox not in ("auto", "bwrap", "fallback"):
+        raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'fallback', not {sandbox!r}")
+
+    if shutil.which("prlimit") is None:
+        raise RuntimeError("prlimit (util-linux) is needed to set the sandbox's resource limits")
+    warning = ""
+    if sandbox in ("auto", "bwrap"):
+        works, why = probe_bwrap()
+        if not works and sandbox == "bwrap":
+            raise RuntimeError(why)
+        if not works:
+            sandbox, warning = "fallback", f"{_FALLBACK_WARNING} ({why})"
+        else:
+            sandbox = "bwrap"
+    else:
+        warning = _FALLBACK_WARNING
+
+    workdir = Path(workdir).resolve()
+    work = workdir / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "outputs").mkdir(parents=True)
+    (work / "home").mkdir()
+    os.chmod(work, 0o700)  # what the sandbox writes is owned by the grader's uid: keep it private
+    shutil.copyfile(notebook_path, work / "submission.ipynb")
+    staged_inputs = workdir / "inputs"
+    if staged_inputs.exists():
+        shutil.rmtree(staged_inputs)
+    staged_inputs.mkdir(parents=True)
+    for name, src in inputs.items():  # a copy: readable by the sandbox uid, never the original
+        shutil.copyfile(src, staged_inputs / name)
+        os.chmod(staged_inputs / name, 0o444)
+    os.chmod(staged_inputs, 0o755)
+
+    if sandbox == "bwrap":
+        root_work, root_inputs, tmp = "/sandbox/work", "/sandbox/inputs", "/tmp"
+        zoo = "/sandbox/maestro-home" if maestro_home else None
+        runner = "/sandbox/runner.py"
+    else:
+        root_work, root_inputs = str(work), str(staged_inputs)
+        (work / "tmp").mkdir()
+        tmp = str(work / "tmp")
+        zoo = str(maestro_home) if maestro_home else None
+        runner = str(_RUNNER)
+    nb_params = {**parameters, "inputs": {n: f"{root_inputs}/{n}" for n in inputs},
+                 "output_dir": f"{root_work}/outputs"}
+    config = {"input": f"{root_work}/submission.ipynb", "output": f"{root_work}/executed.ipynb",
+              "parameters": nb_params, "cwd": root_work, "output_bytes": limits.output_bytes}
+    python = sys.executable
+    env = _sandbox_env(f"{root_work}/home", tmp, zoo, str(Path(python).parent))
+
+    read_fd, write_fd = os.pipe()
+    gate_r, gate_w = os.pipe()
+    cgroup, proc = None, None
+    opened: list[int] = []
+    try:
+        if sandbox == "bwrap":
+            argv, opened = _bwrap_argv(limits, python, work, staged_inputs, maestro_home)
+        else:
+            argv = _fallback_argv()
+        argv += [python, "-I", runner, json.dumps(config), str(write_fd)]
+        root = os.geteuid() == 0
+        baseline = 0 if root else _count_tasks(os.getuid())
+        argv = _limited(argv, limits, baseline + limits.processes)
+        cgroup = _PidsCgroup.create(limits.processes + 16)
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            argv, stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, cwd=str(work), start_new_session=True, pass_fds=(write_fd, *opened))
+        if cgroup is not None:
+            cgroup.attach(proc.pid)
+        os.write(gate_w, b"go\n")
+    except BaseException:
+        os.close(read_fd)
+        if proc is not None:
+            _kill_tree(proc)
+            proc.wait()
+        if cgroup is not None:
+            cgroup.destroy()
+        raise
+    finally:
+        for fd in (write_fd, gate_r, gate_w, *opened):
+            os.close(fd)
+    tail = _Tail(proc.stdout, limits.output_bytes)
+    # RLIMIT_NPROC does not bind root; a pids cgroup does; the watchdog backs both up
+    watchdog = _Watchdog(proc, limits.processes + 16, work, limits.disk_bytes)
+    report_box: list[bytes] = []
+    reader = threading.Thread(target=lambda: report_box.append(_read_capped(read_fd)), daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=limits.wall_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        watchdog.stop.set()
+        _kill_tree(proc)  # whatever is left (the pid namespace dies with its first process)
+        proc.wait()
+        if cgroup is not None:
+            cgroup.destroy()
+    duration = time.monotonic() - start
+    reader.join(timeout=5)
+    if not reader.is_alive():
+        os.close(read_fd)
+    log = tail.text()
+
+    report = _parse_report(report_box[0] if report_box else b"")
+    status, reason = _status(report, timed_out, proc.returncode, limits, log)
+    if watchdog.tripped == "disk":
+        status, reason = "killed", (f"the notebook wrote more than {limits.disk_bytes} bytes to "
+                                    "its work folder and was stopped (disk limit)")
+    elif watchdog.tripped or (cgroup is not None and cgroup.hit):
+        by = "a pids cgroup" if cgroup is not None and cgroup.hit else "the watchdog"
+        status, reason = "killed", (f"the notebook started more than {limits.processes} "
+                                    f"processes/threads and was stopped (process limit, {by})")
+    _strip_setid_bits(work)
+    dest = workdir / "artifacts"
+    if dest.exists():
+        shutil.rmtree(dest)
+    found, problems = _artifacts.collect(work / "outputs", outputs, dest,
+                                         max_bytes=limits.artifact_bytes)
+    executed = _copy_executed(work, workdir / "executed.ipynb", limits)
+    if problems:
+        reason += "; " + "; ".join(problems[n] for n in outputs if n in problems)
+    if warning:
+        reason = f"{warning}. {reason}"
+        log = f"{warning}\n{log}"
+    return RunResult(status=status, reason=reason, duration=duration, artifacts=found,
+                     artifact_errors=problems, executed_notebook=executed, log_tail=log,
+                     sandbox=sandbox)
+
+
+def _strip_setid_bits(folder: Path) -> None:
+    """The sandbox's files belong to the grader's uid (root, maybe) outside: no setuid left."""
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            try:
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            except OSError:
+                pass
+
+
+def _check_input_name(name: str) -> None:
+    if not _artifacts._NAME.match(name) or ".." in name:
+        raise ValueError(f"input name {name!r} must be a plain file name")
+
+
+def _read_capped(fd: int, cap: int = 65536) -> bytes:
+    data = b""
+    while len(data) < cap:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data[:cap]
+
+
+def _parse_report(raw: bytes) -> dict[str, Any] | None:
+    try:
+        report = json.loads(raw.decode().splitlines()[0])
+        return report if isinstance(report, dict) else None
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _status(report: dict | None, timed_out: bool, returncode: int, limits: Limits,
+            log: str) -> tuple[str, str]:
+    if timed_out:
+        return "timeout", (f"the notebook did not finish within {limits.wall_seconds:g} s "
+                           "(wall-clock limit) and was stopped")
+    if report is None:
+        if returncode < 0 or returncode >= 128:
+            sig = -returncode if returncode < 0 else returncode - 128
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+            why = {"SIGXCPU": f" (CPU time limit {limits.cpu_seconds} s)",
+                   "SIGXFSZ": f" (file size limit {limits.file_size_bytes} bytes)"}.get(name, "")
+            return "killed", f"the notebook runner was killed by {name}{why}"
+        return "crashed", ("the notebook runner stopped without reporting (exit code "
+                           f"{returncode}); it may have hit the memory limit "
+                           f"({limits.memory_bytes // 2**20} MiB)")
+    status = report.get("status")
+    if status == "ok":
+        return "ok", "the notebook ran to the end"
+    ename, evalue = str(report.get("ename", "")), str(report.get("evalue", ""))
+    if status == "crashed":
+        return _kernel_death(report.get("kernel_returncode"), limits, f"{ename}: {evalue}")
+    hint = ""
+    if ename == "MemoryError" or "Cannot allocate memory" in evalue:
+        hint = f" (memory limit {limits.memory_bytes // 2**20} MiB)"
+    elif ename == "BlockingIOError" or "Resource temporarily unavailable" in evalue:
+        hint = f" (process limit: {limits.processes} processes/threads)"
+    elif ename == "SystemExit":
+        hint = " (sys.exit() stops the notebook: the cells after it did not run)"
+    elif "File too large" in evalue:
+        hint = f" (file size limit {limits.file_size_bytes} bytes)"
+    return "error", f"the notebook raised {ename}: {evalue}{hint}"[:2000]
+
+
+def _kernel_death(code: Any, limits: Limits, detail: str) -> tuple[str, str]:
+    """Status and reason for a kernel that died, from its exit code (negative: a signal)."""
+    mem = f"{limits.memory_bytes // 2**20} MiB"
+    if isinstance(code, int) and code < 0:
+        sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else -code
+        if sig == "SIGXCPU":
+            return "killed", f"the kernel used up its CPU time limit ({limits.cpu_seconds} s)"
+        if sig == "SIGXFSZ":
+            return "killed", ("the kernel wrote a file over the size limit "
+                              f"({limits.file_size_bytes} bytes)")
+        if sig == "SIGKILL":
+            return "killed", ("the kernel was killed (SIGKILL): out of memory (limit "
+                              f"{mem}) or past its hard CPU limit ({limits.cpu_seconds} s)")
+        if sig == "SIGSEGV":
+            return "crashed", "the kernel died of a segmentation fault (SIGSEGV)"
+        return "crashed", f"the kernel died of signal {sig}"
+    if isinstance(code, int):
+        return "crashed", (f"the kernel died: it exited with code {code} (os._exit, or an "
+                           "exit from native code)")
+    return "crashed", (f"the kernel died (a segfault, os._exit, or a resource limit: CPU "
+                       f"{limits.cpu_seconds} s, memory {mem}): {detail}")[:1500]
+
+
+def _copy_executed(work: Path, dest: Path, limits: Limits) -> Path | None:
+    try:
+        dir_fd = _artifacts.open_folder(work)
+        try:
+            data = _artifacts.read_regular(dir_fd, "executed.ipynb",
+                                           limits.output_bytes * 4 + 2**20)
+        finally:
+            os.close(dir_fd)
+    except _artifacts.ArtifactError:
+        return None
+    dest.write_bytes(data)
+    return dest
+
+
+def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
+                maestro_home: str | os.PathLike[str] | None) -> tuple[list[str], list[int]]:
+    """The bwrap command line; host folders travel as O_PATH fds (opened here, as root)."""
+    fds: list[int] = []
+
+    def ro(src: str | Path, dest: str | Path) -> list[str]:
+        fd = os.open(src, os.O_PATH)
+        fds.append(fd)
+        return ["--ro-bind-fd", str(fd), str(dest)]
+
+    import maestro
+
+    argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--uid", "1000", "--gid", "1000", "--hostname", "sandbox",
+            "--ro-bind", "/usr", "/usr", *_lib_links(), "--proc", "/proc", "--dev", "/dev",
+            "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+    for etc in ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime"):
+        argv += ["--ro-bind-try", etc, etc]
+    prefixes = {Path(sys.base_prefix), Path(sys.prefix)}
+    for prefix in sorted(prefixes):
+        if not str(prefix).startswith("/usr/"):
+            argv += ro(prefix, prefix)
+    if Path(python).resolve().parent not in {p / "bin" for p in prefixes}:
+        raise RuntimeError(f"{python} is not inside {sorted(map(str, prefixes))}")
+    package = Path(maestro.__file__).resolve().parent
+    argv += ro(package, package)
+    argv += ro(_RUNNER, "/sandbox/runner.py")
+    fd = os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fds.append(fd)
+    argv += ["--bind-fd", str(fd), "/sandbox/work"]
+    argv += ro(staged_inputs, "/sandbox/inputs")
+    if maestro_home:
+        argv += ro(Path(maestro_home).resolve(), "/sandbox/maestro-home")
+    argv += ["--chdir", "/sandbox/work"]
+    return argv, fds
+
+
+def _fallback_argv() -> list[str]:
+    """``unshare`` a network + pid namespace where the system allows it (else nothing)."""
+    base = ["--net", "--pid", "--fork", "--kill-child"]
+    if os.geteuid() != 0:
+        base = ["--user", "--map-root-user", *base]
+    return ["unshare", *base, "--"] if _probe_unshare(base) else []
+
+
+def _tree_size(root: int) -> int:
+    """Tasks (threads included) in the process tree under ``root``."""
+    children: dict[int, list[int]] = {}
+    threads: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        threads[pid] = int(fields[17])
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += threads.get(pid, 1)
+        stack.extend(children.get(pid, ()))
+    return total
+
+
+def _disk_usage(folder: Path) -> int:
+    """Bytes allocated under ``folder`` (symlinks not followed)."""
+    total = 0
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class _Watchdog:
+    """Kills the tree over the task limit (every 0.1 s) or the disk limit (every second).
+
+    Tasks: the backstop where RLIMIT_NPROC does not bind (root) and no pids cgroup could be
+    made. Disk: RLIMIT_FSIZE caps one file; this caps the whole work folder.
+    """
+
+    def __init__(self, proc: subprocess.Popen, limit: int, work: Path, disk_bytes: int) -> None:
+        self.tripped = ""
+        self.proc, self.limit, self.work, self.disk_bytes = proc, limit, work, disk_bytes
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        tick = 0
+        while not self.stop.wait(0.1):
+            tick += 1
+            if _tree_size(self.proc.pid) > self.limit:
+                self.tripped = "processes"
+            elif tick % 10 == 0 and _disk_usage(self.work) > self.disk_bytes:
+                self.tripped = "disk"
+            if self.tripped:
+                _kill_tree(self.proc)
+                return

@@ -1,0 +1,359 @@
+"""The trusted scorer: artifacts from a sandboxed run + the hidden data -> a score.
+
+Runs outside the sandbox, on files the sandbox wrote, so it trusts nothing in them: each
+``.npy`` is opened without following symlinks, its header is read and checked (dtype, shape,
+no objects) before the data is, and ``np.load(allow_pickle=False)`` reads the rest.
+``maestro.ThreatModel`` then validates ``x_adv`` against the clean hidden inputs; metrics are
+computed on the hidden *labels* (which never enter the sandbox) separately for the public and
+private parts of the hidden set, and the formula in grading.toml turns them into points.
+
+Nothing derived per example from the hidden labels leaves this module: reasons and outputs
+hold aggregate metrics and, for threat-model violations, the row numbers of the student's own
+``x_adv`` (never labels, predictions or pixel values).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifacts import ArtifactError, check_name, open_folder, read_regular
+from .config import GradingConfig, ScoreTerm
+
+__all__ = ["ArtifactRefused", "HiddenData", "Part", "ScoreResult", "load_artifact",
+           "public_mask", "score_submission", "to_gradescope"]
+
+_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
+_HEADER_SLACK = 4096  # bytes a .npy header may add to the data
+
+
+ArtifactRefused = ArtifactError  # one error type for every refused artifact
+
+
+@dataclass
+class HiddenData:
+    """The hidden inputs ``x`` (N×C×H×W, the exact order the notebook was given) and labels ``y``.
+
+    ``public``: boolean mask of the public part (see :func:`public_mask`); ``None`` treats the
+    whole set as public.
+    """
+
+    x: torch.Tensor | np.ndarray
+    y: torch.Tensor | np.ndarray
+    public: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.x = torch.as_tensor(np.asarray(self.x) if not isinstance(self.x, torch.Tensor) else self.x)
+        self.y = torch.as_tensor(np.asarray(self.y) if not isinstance(self.y, torch.Tensor) else self.y).long()
+        if self.x.shape[0] != self.y.shape[0] or self.y.dim() != 1:
+            raise ValueError(f"HiddenData: x has {self.x.shape[0]} rows, y has shape {tuple(self.y.shape)}")
+        if self.public is None:
+            self.public = np.ones(len(self.y), dtype=bool)
+        self.public = np.asarray(self.public, dtype=bool)
+        if self.public.shape != (len(self.y),):
+            raise ValueError(f"HiddenData: public mask has shape {self.public.shape}, expected ({len(self.y)},)")
+
+    def __repr__(self) -> str:  # never print the labels
+        return f"HiddenData(n={len(self.y)}, x={tuple(self.x.shape)}, public={int(self.public.sum())})"
+
+    @classmethod
+    def load(cls, config: GradingConfig, secret: str | bytes | None = None) -> HiddenData:
+        """The instructor's hidden split of ``config.dataset`` with its public/private mask."""
+        import maestro
+        from maestro.datasets.splits import resolve_secret
+
+        secret = resolve_secret(secret)
+        data = maestro.datasets.load(config.dataset, split="hidden", secret=secret)
+        return cls(data.x, data.y, public_mask(len(data), config, secret))
+
+
+def public_mask(n: int, config: GradingConfig, secret: str | bytes) -> np.ndarray:
+    """Which of ``n`` hidden examples are public: ``round(public_fraction · n)`` of them, chosen
+    by a permutation seeded with sha256("maestro-split" ‖ salt ‖ secret) — students cannot
+    reproduce it without the course secret, and it differs between assignments (salt)."""
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    digest = hashlib.sha256(b"maestro-split\x00" + config.split.salt.encode() + b"\x00" + raw).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    order = torch.randperm(n, generator=gen).numpy()
+    mask = np.zeros(n, dtype=bool)
+    mask[order[: round(config.split.public_fraction * n)]] = True
+    return mask
+
+
+@dataclass
+class Part:
+    name: str
+    points: float
+    max_points: float
+    reason: str
+    visibility: str = "public"  # "public" or "private" (hidden from students until the deadline)
+
+
+@dataclass
+class ScoreResult:
+    score: float
+    max_score: float
+    parts: list[Part]
+    metrics: dict = field(default_factory=dict)
+    public_metrics: dict = field(default_factory=dict)
+    private_metrics: dict = field(default_factory=dict)
+    passed: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+# -- artifacts ---------------------------------------------------------------------------
+def load_artifact(path, *, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Read one ``.npy`` safely: the file checks of :mod:`autograder.artifacts` (regular file,
+    no symlink or hard link, size-capped), then the header (dtype, shape, no objects) before
+    any data is loaded, never a pickle."""
+    path = Path(path)
+    name = path.name
+    want = np.dtype(_DTYPES[dtype])
+    limit = int(np.prod(shape, dtype=np.int64)) * want.itemsize + _HEADER_SLACK
+    check_name(name)
+    dir_fd = open_folder(path.parent)
+    try:
+        # headroom, so that a float64 or int64 array gets the dtype message from its header below
+        data = read_regular(dir_fd, name, 8 * limit)
+    except ArtifactError as err:
+        if "too large" not in str(err):
+            raise
+        raise ArtifactError(f"{name} is larger than an array of shape {tuple(shape)} and dtype {dtype} "
+                            "needs; save exactly that array") from None
+    finally:
+        os.close(dir_fd)
+    with io.BytesIO(data) as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except Exception as err:
+            raise ArtifactRefused(f"{name} is not a valid .npy file (save it with np.save): "
+                                  f"{str(err)[:200]}") from None
+        if got_dtype.hasobject:
+            raise ArtifactRefused(f"{name} holds Python objects (a pickle); save a plain "
+                                  f"{dtype} array")
+        if got_dtype.kind != want.kind or got_dtype.itemsize != want.itemsize:
+            raise ArtifactRefused(f"{name} has dtype {got_dtype}; expected {dtype} "
+                                  f"(x_adv.astype(np.float32))")
+        if tuple(got_shape) != tuple(shape):
+            raise ArtifactRefused(f"{name} has shape {tuple(got_shape)}; expected {tuple(shape)}, "
+                                  "the shape of the inputs you were given")
+        exact = fh.tell() + int(np.prod(shape, dtype=np.int64)) * want.itemsize
+        if len(data) != exact:
+            raise ArtifactRefused(f"{name} is {len(data)} bytes, not the {exact} bytes of an array of "
+                                  f"shape {tuple(shape)} and dtype {dtype}; save exactly that array")
+        fh.seek(0)
+        try:
+            array = np.load(fh, allow_pickle=False)
+        except Exception as err:
+            raise ArtifactRefused(f"{name} could not be read: {str(err)[:200]}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.hasobject or array.shape != tuple(shape):
+        raise ArtifactRefused(f"{name} is not a plain {dtype} array of shape {tuple(shape)}")
+    return np.ascontiguousarray(array.astype(want.newbyteorder("="), copy=False))
+
+
+# -- metrics -----------------------------------------------------------------------------
+def _metrics(x, x_adv, y, model, rows: np.ndarray) -> dict:
+    """Aggregate metrics on the rows ``rows`` (numbers only: no per-example values)."""
+    idx = torch.from_numpy(np.flatnonzero(rows))
+    xs, xa, ys = x[idx], x_adv[idx], y[idx]
+    clean_ok = model.predict(xs).cpu() == ys
+    adv_wrong = model.predict(xa).cpu() != ys
+    hit = clean_ok & adv_wrong
+    delta = (xa.double() - xs.double()).flatten(1)
+    linf = delta.abs().amax(1) if delta.shape[1] else torch.zeros(len(delta), dtype=torch.double)
+    l2 = delta.norm(dim=1)
+    n_ok = int(clean_ok.sum())
+
+    def med(v):
+        return float(v[hit].median()) if hit.any() else float("nan")
+
+    return {
+        "n": len(idx),
+        "clean_accuracy": float(clean_ok.float().mean()) if len(idx) else float("nan"),
+        "robust_accuracy": float((~adv_wrong).float().mean()) if len(idx) else float("nan"),
+        "success_rate": float(hit.sum()) / n_ok if n_ok else float("nan"),
+        "median_linf": med(linf),
+        "median_l2": med(l2),
+        "queries": None,  # white-box artifact: queries are not counted
+    }
+
+
+def _fmt(metric: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if metric in ("success_rate", "robust_accuracy", "clean_accuracy"):
+        return f"{100 * value:.1f}%"
+    return f"{value:.3f}"
+
+
+def _term_parts(terms: tuple[ScoreTerm, ...], metrics: dict, share: float, label: str,
+                visibility: str) -> list[Part]:
+    earned: dict[str, float] = {}
+    parts = []
+    for term in terms:
+        value = metrics.get(term.metric)
+        max_pts = term.points * share
+        frac = term.fraction(value)
+        direction = "≥" if term.full_at > term.zero_at else "≤"
+        reason = (f"{term.metric} = {_fmt(term.metric, value)} on the {label} part "
+                  f"(0 points at {_fmt(term.metric, term.zero_at)}, full points at "
+                  f"{direction} {_fmt(term.metric, term.full_at)})")
+        if term.requires is not None and earned.get(term.requires, 0.0) <= 0:
+            frac = 0.0
+            reason += f"; counts only once '{term.requires}' earns points"
+        pts = round(max_pts * frac, 4)
+        earned[term.name] = pts
+        parts.append(Part(f"{label}: {term.name}", pts, round(max_pts, 4), reason, visibility))
+    return parts
+
+
+def _zero_parts(config: GradingConfig, share: float, label: str, visibility: str,
+                reason: str) -> list[Part]:
+    return [Part(f"{label}: {t.name}", 0.0, round(t.points * share, 4), reason, visibility)
+            for t in config.terms]
+
+
+def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData, model) -> ScoreResult:
+    """Score one submission.
+
+    ``artifacts``: artifact file name (or its key in grading.toml) -> path of the file the
+    sandbox wrote (already copied out of it); a missing entry or file scores 0 with a reason.
+    ``hidden``: the hidden inputs in the order the notebook saw them, their labels and the
+    public/private mask. ``model``: the assignment's model (a maestro ModelWrapper).
+    """
+    spec = config.artifact()
+    threat = config.threat.threat_model()
+    x = hidden.x
+    pub = hidden.public
+    shares = {"public": config.split.public_weight, "private": 1.0 - config.split.public_weight}
+    rows = {"public": pub, "private": ~pub}
+    path = artifacts.get(spec.file, artifacts.get(spec.key))
+    problems: list[str] = []
+
+    x_adv = None
+    if path is None:
+        problems.append(f"{spec.file} was not produced: the notebook must save it in output_dir "
+                        "(did every cell run without an error?)")
+    else:
+        try:
+            x_adv = torch.from_numpy(load_artifact(path, dtype=spec.dtype,
+                                                   shape=spec.expected_shape(x.shape)))
+        except ArtifactRefused as err:
+            problems.append(str(err))
+
+    parts: list[Part] = []
+    split_metrics: dict[str, dict] = {}
+    if x_adv is None:
+        for label in ("public", "private"):
+            if shares[label] > 0:
+                parts += _zero_parts(config, shares[label], label, label, problems[0])
+            split_metrics[label] = {"valid": False}
+    else:
+        found = threat.violations(x.to(x_adv.dtype), x_adv)
+        whole = [v for v in found if not v.indices]
+        for label in ("public", "private"):
+            if shares[label] <= 0:
+                continue
+            mask = rows[label]
+            broken = []
+            for v in found:
+                if not v.indices:
+                    continue
+                bad = [i for i in v.indices if mask[i]]
+                if bad:
+                    shown = ", ".join(map(str, bad[:10])) + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else "")
+                    broken.append(f"{v.rule}: rows {shown} of {spec.file} ({_rule_text(v.rule, threat)})")
+            if whole or broken:
+                why = "; ".join([str(v) for v in whole] + broken)
+                norm_rows = [i for v in found if v.rule == "norm" for i in v.indices]
+                if len(norm_rows) > len(x) // 2:
+                    why += (" — most rows are far from their inputs: x_adv must keep the row "
+                            "order of the inputs the notebook was given")
+                reason = f"{spec.file} breaks the threat model ({threat.describe()}): {why}"
+                problems.append(f"{label} part: {reason}")
+                parts += _zero_parts(config, shares[label], label, label, reason)
+                split_metrics[label] = {"valid": False}
+                continue
+            m = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, mask)
+            m["valid"] = True
+            split_metrics[label] = m
+            parts += _term_parts(config.terms, m, shares[label], label, label)
+
+    score = round(sum(p.points for p in parts), 4)
+    public_metrics = split_metrics.get("public", {})
+    private_metrics = split_metrics.get("private", {})
+    overall = {}
+    if x_adv is not None and all(m.get("valid") for m in split_metrics.values()):
+        overall = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, np.ones(len(x), dtype=bool))
+        overall["valid"] = True
+    else:
+        overall = {"valid": False}
+    return ScoreResult(score, config.max_score, parts, overall, public_metrics, private_metrics,
+                       passed=score >= config.pass_score, problems=problems)
+
+
+def _rule_text(rule: str, threat) -> str:
+    lo, hi = threat.bounds
+    return {
+        "finite": "NaN or infinite values",
+        "bounds": f"pixels outside [{lo:g}, {hi:g}]",
+        "norm": f"{threat.norm} distance > eps {threat.eps:g}",
+    }.get(rule, rule)
+
+
+# -- Gradescope ----------------------------------------------------------------------------
+def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict:
+    """The Gradescope ``results.json`` dict: ``score``, ``output``, ``tests`` (name, score,
+    max_score, output, visibility) and a public ``leaderboard``. Private parts are
+    ``"hidden"`` before the deadline (and their points are then not in the visible summary)."""
+    tests = []
+    for i, p in enumerate(result.parts, 1):
+        private = p.visibility == "private"
+        tests.append({
+            "name": p.name,
+            "number": str(i),
+            "score": float(p.points),
+            "max_score": float(p.max_points),
+            "output": p.reason,
+            "visibility": "hidden" if private and not deadline_passed else "visible",
+        })
+    pub = result.public_metrics
+    lines = [f"public part: success {_fmt('success_rate', pub.get('success_rate'))}, "
+             f"median L2 {_fmt('median_l2', pub.get('median_l2'))}" if pub.get("valid")
+             else "public part: not scored (see the tests below)"]
+    if deadline_passed:
+        priv = result.private_metrics
+        lines.append(f"private part: success {_fmt('success_rate', priv.get('success_rate'))}, "
+                     f"median L2 {_fmt('median_l2', priv.get('median_l2'))}" if priv.get("valid")
+                     else "private part: not scored")
+        lines.append(f"total: {result.score:g} / {result.max_score:g}")
+    else:
+        lines.append("private part: scored after the deadline")
+    leaderboard = []
+    if pub.get("valid"):
+        leaderboard = [
+            {"name": "success rate (public)", "value": round(100 * pub["success_rate"], 2), "order": "desc"},
+            {"name": "median L2 (public)", "value": round(pub["median_l2"], 4)
+             if math.isfinite(pub["median_l2"]) else 0.0, "order": "asc"},
+        ]
+    return {
+        "score": float(result.score),
+        "output": "\n".join(lines),
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": tests,
+        "leaderboard": leaderboard,
+    }

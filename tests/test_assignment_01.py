@@ -1,0 +1,131 @@
+"""Assignment 01 (white-box FGSM/PGD): the source notebook runs and passes its own tests; the
+version nbgrader releases to students has no solutions or hidden tests, stops at the first
+stub with NotImplementedError and writes no artifact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import papermill
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENT = ROOT / "assignments" / "01-whitebox"
+NOTEBOOK = ASSIGNMENT / "01-whitebox.ipynb"
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def _execute(notebook: Path, out_dir: Path, **params):
+    """Run ``notebook`` with papermill (kernel on this interpreter); return the executed copy and
+    the PapermillExecutionError, if any."""
+    env_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{env_path}"  # the kernel's "python" is this venv's
+    executed = out_dir / f"executed-{notebook.name}"
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters={"output_dir": str(out_dir / "output"), **params},
+            kernel_name="python3", cwd=str(out_dir), progress_bar=False, execution_timeout=300,
+        )
+    except papermill.PapermillExecutionError as err:
+        error = err
+    finally:
+        os.environ["PATH"] = env_path
+    return nbformat.read(executed, as_version=4), error
+
+
+def _errors(nb):
+    return [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename)
+            for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+def _cells(nb):
+    return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+
+
+def test_source_notebook_is_valid_nbgrader_format():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    cells = _cells(nb)
+    assert "parameters" in cells["parameters"].metadata.get("tags", [])
+    tests = {k: c for k, c in cells.items() if c.metadata.get("nbgrader", {}).get("grade")}
+    assert set(tests) == {"test_fgsm", "test_pgd", "test_artifact"}
+    for c in tests.values():
+        meta = c.metadata["nbgrader"]
+        assert meta["locked"] and not meta["solution"] and meta["points"] > 0
+    for key in ("fgsm", "pgd", "final_attack"):
+        assert cells[key].metadata["nbgrader"]["solution"]
+        assert "### BEGIN SOLUTION" in cells[key].source and "### END SOLUTION" in cells[key].source
+    assert all("### BEGIN HIDDEN TESTS" in cells[k].source for k in ("test_fgsm", "test_pgd"))
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+    assert len(ids) == len(set(ids))
+
+
+def test_source_notebook_passes_its_tests_and_writes_x_adv(tmp_path):
+    nb, error = _execute(NOTEBOOK, tmp_path, quick=True)
+    assert error is None, f"{error.ename}: {error.evalue}"
+    assert _errors(nb) == []
+    cells = _cells(nb)
+    for key in ("test_fgsm", "test_pgd", "test_artifact"):
+        assert cells[key].execution_count is not None
+    x_adv = np.load(tmp_path / "output" / "x_adv.npy", allow_pickle=False)
+    inputs = np.load(tmp_path / "output" / "dev-data" / "inputs.npy", allow_pickle=False)
+    assert x_adv.dtype == np.float32 and x_adv.shape == (128, *inputs.shape[1:])
+    assert np.abs(x_adv - inputs[:128]).max() <= 0.2 + 1e-6
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "-> PGD-20 " in printed and "success rate" in printed
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """``nbgrader generate_assignment`` in a throw-away course folder."""
+    course = tmp_path_factory.mktemp("course")
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(course)!r}\n"
+        "c.CourseDirectory.course_id = 'maestro-test'\n"
+    )
+    src = course / "source" / "01-whitebox"
+    src.mkdir(parents=True)
+    shutil.copy(NOTEBOOK, src / NOTEBOOK.name)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [str(BIN / "nbgrader"), "generate_assignment", "01-whitebox", "--force"],
+        cwd=course, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = course / "release" / "01-whitebox" / NOTEBOOK.name
+    assert path.is_file()
+    return path
+
+
+def test_release_strips_solutions_and_hidden_tests(released):
+    text = released.read_text()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "_small.project",
+                   "grad.sign()", "random restarts for the images"):
+        assert marker not in text
+    cells = _cells(nbformat.read(released, as_version=4))
+    for key in ("fgsm", "pgd", "final_attack"):
+        assert "raise NotImplementedError" in cells[key].source
+    assert "def fgsm(model, x, y, threat):" in cells["fgsm"].source  # the signature stays
+    assert "threat.check(x, x_fgsm)" in cells["test_fgsm"].source  # visible tests stay
+
+
+def test_released_notebook_stops_at_the_stub_and_writes_no_artifact(released, tmp_path):
+    nb, error = _execute(released, tmp_path, quick=True)
+    assert error is not None and error.ename == "NotImplementedError"
+    errors = _errors(nb)
+    # the visible tests report the missing functions and execution goes on (raises-exception
+    # tag), then the empty final attack stops the run before anything is saved
+    assert errors == [("test_fgsm", "NotImplementedError"), ("test_pgd", "NotImplementedError"),
+                      ("final_attack", "NotImplementedError")]
+    assert _cells(nb)["save"].execution_count is None
+    assert not (tmp_path / "output" / "x_adv.npy").exists()

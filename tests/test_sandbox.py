@@ -1,0 +1,392 @@
+"""The sandboxed notebook executor: real papermill, a real kernel, inside real bubblewrap.
+
+Every notebook is generated here with nbformat; nothing is mocked. Several checks share one
+run (a run costs ~2 s of kernel start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+import autograder
+import autograder.sandbox
+from autograder import ArtifactError, Limits, collect, load, probe_bwrap, run_notebook
+
+BWRAP_OK, BWRAP_WHY = probe_bwrap()
+needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap cannot start: {BWRAP_WHY}")
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="only CI promises bubblewrap (.ci/run installs it)")
+def test_ci_runs_the_bubblewrap_path():
+    assert BWRAP_OK, f"CI must test the strong sandbox, but bubblewrap cannot start: {BWRAP_WHY}"
+FAST = Limits(wall_seconds=60, memory_bytes=3 * 2**30, cpu_seconds=60, processes=256,
+              output_bytes=256 * 2**10, artifact_bytes=2**20)
+
+
+def make_notebook(folder: Path, *cells: str) -> Path:
+    nb = new_notebook(cells=[
+        new_code_cell("inputs = {}\noutput_dir = '.'", metadata={"tags": ["parameters"]}),
+        *(new_code_cell(c) for c in cells)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = folder / "student.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def run(tmp_path: Path, *cells: str, limits: Limits = FAST, **kw):
+    nb = make_notebook(tmp_path, *cells)
+    return run_notebook(nb, workdir=tmp_path / "run", limits=limits,
+                        sandbox=kw.pop("sandbox", "bwrap"), **kw)
+
+
+SAVE = "import numpy as np\nnp.save(output_dir + '/x_adv.npy', np.arange(6.0).reshape(2, 3))"
+
+
+# ----------------------------------------------------------------------------- bwrap runs
+
+@needs_bwrap
+def test_good_notebook_with_inputs_and_parameters(tmp_path):
+    data = tmp_path / "clean.npy"
+    np.save(data, np.full((2, 3), 0.5))
+    result = run(tmp_path,
+                 "import numpy as np\nx = np.load(inputs['clean.npy'])\n"
+                 "np.save(output_dir + '/x_adv.npy', x + eps)\nprint('done', eps)",
+                 parameters={"eps": 0.25}, inputs={"clean.npy": data},
+                 outputs=["x_adv.npy"], sandbox="auto")
+    assert result.status == "ok", result.reason + result.log_tail
+    assert result.sandbox == "bwrap" and not result.artifact_errors
+    x = load(result.artifacts["x_adv.npy"])
+    np.testing.assert_allclose(x, np.full((2, 3), 0.75))
+    executed = json.loads(result.executed_notebook.read_text())
+    assert "done 0.25" in json.dumps(executed)
+
+
+@needs_bwrap
+def test_exception_is_an_error_with_its_message(tmp_path):
+    result = run(tmp_path, "raise ValueError('eps must be positive, got -1')",
+                 outputs=["x_adv.npy"])
+    assert result.status == "error"
+    assert "ValueError" in result.reason and "eps must be positive, got -1" in result.reason
+    assert "x_adv.npy" in result.artifact_errors and "missing" in result.reason
+
+
+@needs_bwrap
+@pytest.mark.parametrize("code", ["import os\nos._exit(1)",
+                                  "import ctypes\nctypes.string_at(0)"],
+                         ids=["os_exit", "segfault"])
+def test_dying_kernel_is_crashed(tmp_path, code):
+    result = run(tmp_path, code, outputs=["x_adv.npy"])
+    assert result.status == "crashed", result.reason
+    assert "kernel died" in result.reason
+    assert ("code 1" if "exit" in code else "segmentation fault") in result.reason
+
+
+@needs_bwrap
+def test_sys_exit_before_the_artifact(tmp_path):
+    result = run(tmp_path, "import sys\nsys.exit(0)", SAVE, outputs=["x_adv.npy"])
+    assert result.status == "error" and "SystemExit" in result.reason
+    assert "missing" in result.artifact_errors["x_adv.npy"]
+    assert not result.ok
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_infinite_loop_times_out(tmp_path):
+    wall = 6.0
+    start = time.monotonic()
+    result = run(tmp_path, "while True:\n    pass",
+                 limits=Limits(wall_seconds=wall, memory_bytes=3 * 2**30), outputs=["x_adv.npy"])
+    assert result.status == "timeout"
+    assert "6 s" in result.reason
+    assert time.monotonic() - start < wall + 10
+
+
+@needs_bwrap
+def test_memory_exhaustion_is_reported(tmp_path):
+    result = run(tmp_path, "blob = bytearray(8 * 2**30)", outputs=["x_adv.npy"],
+                 limits=Limits(wall_seconds=60, memory_bytes=2 * 2**30))
+    assert result.status in ("error", "killed", "crashed")
+    assert "memory" in result.reason.lower()
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_fork_bomb_is_contained(tmp_path):
+    marker = "617.25"
+    bomb = ("import os\nkids = 0\nfor _ in range(10000):\n    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            f"        os.execv('/usr/bin/sleep', ['sleep', '{marker}'])\n"
+            "    kids += 1\n")
+    result = run(tmp_path, bomb, outputs=["x_adv.npy"],
+                 limits=Limits(wall_seconds=60, memory_bytes=3 * 2**30, processes=64))
+    assert result.status in ("error", "killed"), result.reason
+    assert "process" in result.reason
+    print(result.reason)
+    time.sleep(0.5)
+    leftovers = []
+    for entry in os.scandir("/proc"):
+        try:
+            if entry.name.isdigit() and marker.encode() in Path(entry.path, "cmdline").read_bytes():
+                leftovers.append(entry.name)
+        except OSError:
+            pass
+    assert leftovers == []
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_gigantic_output_is_capped(tmp_path):
+    limits = Limits(wall_seconds=120, memory_bytes=3 * 2**30, output_bytes=64 * 2**10)
+    result = run(tmp_path, "line = 'x' * 2**20\nfor _ in range(500):\n    print(line)", SAVE,
+                 limits=limits, outputs=["x_adv.npy"])
+    assert result.status == "ok", result.reason
+    assert "x_adv.npy" in result.artifacts
+    assert result.executed_notebook.stat().st_size < 1 * 2**20
+    assert "the rest is dropped" in result.executed_notebook.read_text()
+    assert len(result.log_tail) < 2 * limits.output_bytes
+
+
+@needs_bwrap
+def test_the_sandbox_sees_nothing_it_should_not(tmp_path, monkeypatch):
+    hidden = tmp_path / "gradebook" / "hidden_labels.npy"
+    hidden.parent.mkdir()
+    np.save(hidden, np.arange(10))
+    monkeypatch.setenv("MAESTRO_COURSE_SECRET", "s3cret-course-key")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept(), daemon=True).start()
+    repo = Path(__file__).resolve().parents[1]
+    probe = f"""
+import json, os, socket
+seen = {{}}
+for path in [{str(repo / 'pyproject.toml')!r}, {str(hidden)!r}, '/root/.bashrc',
+             {str(repo / 'tests' / 'test_sandbox.py')!r}, '/etc/shadow', '/etc/passwd']:
+    try:
+        open(path, 'rb').read(10)
+        seen[path] = 'read'
+    except OSError as err:
+        seen[path] = type(err).__name__
+try:
+    seen['/root'] = os.listdir('/root')
+except OSError as err:
+    seen['/root'] = type(err).__name__
+seen['root'] = sorted(os.listdir('/'))
+seen['secret'] = os.environ.get('MAESTRO_COURSE_SECRET')
+seen['uid'] = os.getuid()
+import resource
+seen['limits'] = [resource.getrlimit(getattr(resource, 'RLIMIT_' + k))[0]
+                  for k in ('CPU', 'AS', 'FSIZE', 'NPROC')]
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(('127.0.0.1', {port}))
+    seen['net'] = 'connected'
+except OSError as err:
+    seen['net'] = type(err).__name__
+for name, path in [('write_usr', '/usr/lib/pwned'), ('write_input', inputs['labels.npy']),
+                   ('write_runner', '/sandbox/runner.py')]:
+    try:
+        open(path, 'ab').write(b'x')
+        seen[name] = 'written'
+    except OSError as err:
+        seen[name] = type(err).__name__
+import maestro
+seen['maestro'] = maestro.__name__
+json.dump(seen, open(output_dir + '/seen.json', 'w'))
+"""
+    try:
+        result = run(tmp_path, probe, outputs=["seen.json"], inputs={"labels.npy": hidden})
+    finally:
+        server.close()
+    assert result.status == "ok", result.reason + result.log_tail
+    seen = load(result.artifacts["seen.json"])
+    for path, what in seen.items():
+        if path.startswith("/") and path != "/root":
+            assert what != "read", f"{path} is visible inside the sandbox"
+    assert seen["/root"] in ("FileNotFoundError", "PermissionError", [".pyenv"], [".cache"])
+    assert seen["secret"] is None
+    assert seen["net"] != "connected"
+    for name in ("write_usr", "write_input", "write_runner"):
+        assert seen[name] in ("OSError", "PermissionError"), f"{name}: {seen[name]}"
+    assert seen["uid"] != 0 and seen["maestro"] == "maestro"
+    assert seen["limits"][:3] == [FAST.cpu_seconds, FAST.memory_bytes, FAST.file_size_bytes]
+    assert seen["limits"][3] >= FAST.processes
+    assert "work" not in seen["root"] or not Path("/work/main/pyproject.toml").exists() or \
+        seen[str(repo / "pyproject.toml")] != "read"
+
+
+@needs_bwrap
+def test_filling_the_disk_is_stopped(tmp_path):
+    code = ("import os, time\nchunk = b'0' * 2**20\nfor i in range(200):\n"
+            "    open(f'fill{i}.bin', 'wb').write(chunk)\n    time.sleep(0.02)\n")
+    result = run(tmp_path, code, SAVE, outputs=["x_adv.npy"],
+                 limits=Limits(wall_seconds=60, memory_bytes=3 * 2**30, disk_bytes=20 * 2**20))
+    assert result.status == "killed" and "disk limit" in result.reason, result.reason
+    assert "x_adv.npy" in result.artifact_errors
+
+
+@needs_bwrap
+def test_bad_artifacts_are_refused_with_reasons(tmp_path):
+    code = """
+import numpy as np, os
+np.save(output_dir + '/objects.npy', np.array([{'a': 1}, None], dtype=object), allow_pickle=True)
+os.symlink('/etc/passwd', output_dir + '/link.npy')
+import shutil
+shutil.copy('/usr/bin/true', 'suid-true')
+os.chmod('suid-true', 0o6755)
+import json
+json.dump(os.stat('suid-true').st_mode, open(output_dir + '/mode.json', 'w'))
+np.save(output_dir + '/big.npy', np.zeros(2**19))
+np.save(output_dir + '/xadv.npy', np.zeros(3))
+"""
+    result = run(tmp_path, code,
+                 outputs=["objects.npy", "link.npy", "big.npy", "x_adv.npy", "mode.json"])
+    assert result.status == "ok", result.reason
+    errors = result.artifact_errors
+    assert list(result.artifacts) == ["mode.json"]
+    assert load(result.artifacts["mode.json"]) & 0o4000  # set inside the sandbox
+    assert "pickle" in errors["objects.npy"]
+    assert "symlink" in errors["link.npy"]
+    assert "too large" in errors["big.npy"]
+    assert "missing" in errors["x_adv.npy"] and "xadv.npy" in errors["x_adv.npy"]
+    left = tmp_path / "run" / "work" / "suid-true"  # a set-uid file the sandbox left behind
+    assert left.exists() and not left.stat().st_mode & 0o6000
+
+
+@needs_bwrap
+def test_replacing_the_output_folder_by_a_symlink_is_refused(tmp_path):
+    code = ("import os, shutil\nshutil.rmtree(output_dir)\n"
+            "os.symlink('/usr/lib', output_dir)")
+    result = run(tmp_path, code, outputs=["os.json"])
+    assert result.artifacts == {}
+    assert "output folder" in result.artifact_errors["os.json"]
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_maestro_and_the_zoo_work_inside(tmp_path):
+    from maestro._home import maestro_home
+
+    zoo = Path(maestro_home())
+    if not (zoo / "models" / "lenet-mnist").exists():
+        pytest.skip(f"the zoo is not built in {zoo} (maestro models build)")
+    result = run(tmp_path, "import maestro, numpy as np\n"
+                 "model = maestro.models.load('lenet-mnist')\n"
+                 "data = maestro.datasets.load('mnist', split='dev')\n"
+                 "np.save(output_dir + '/pred.npy', model.predict(data.x[:32]).numpy())",
+                 outputs=["pred.npy"], maestro_home=zoo,
+                 limits=Limits(wall_seconds=120, memory_bytes=4 * 2**30))
+    assert result.status == "ok", result.reason + result.log_tail
+    pred = load(result.artifacts["pred.npy"])
+    assert pred.shape == (32,) and pred.dtype.kind == "i"
+
+
+@needs_bwrap
+def test_runs_in_parallel_threads_stay_apart(tmp_path):
+    results = {}
+
+    def go(i: int) -> None:
+        folder = tmp_path / f"s{i}"
+        folder.mkdir()
+        results[i] = run(folder, f"import numpy as np\nnp.save(output_dir + '/x.npy', "
+                                 f"np.full(3, {i}))", outputs=["x.npy"])
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, result in results.items():
+        assert result.status == "ok", result.reason
+        assert load(result.artifacts["x.npy"]).tolist() == [i, i, i]
+
+
+# ----------------------------------------------------------------------------- fallback
+
+def test_fallback_runs_with_a_loud_warning(tmp_path):
+    result = run(tmp_path, SAVE, sandbox="fallback", outputs=["x_adv.npy"])
+    assert result.status == "ok", result.reason + result.log_tail
+    assert result.sandbox == "fallback"
+    assert "WARNING" in result.reason and "no bubblewrap" in result.reason
+    np.testing.assert_array_equal(load(result.artifacts["x_adv.npy"]),
+                                  np.arange(6.0).reshape(2, 3))
+
+
+@pytest.mark.slow
+def test_fallback_enforces_the_wall_clock_and_process_limits(tmp_path, monkeypatch):
+    # no pids cgroup here (as on machines where /sys/fs/cgroup is read-only): the watchdog acts
+    monkeypatch.setattr(autograder.sandbox._PidsCgroup, "create", classmethod(lambda c, n: None))
+    result = run(tmp_path, "while True:\n    pass", sandbox="fallback",
+                 limits=Limits(wall_seconds=5, memory_bytes=3 * 2**30))
+    assert result.status == "timeout"
+    marker = "618.5"
+    bomb = ("import os\nfor _ in range(3000):\n    if os.fork() == 0:\n"
+            f"        os.execv('/usr/bin/sleep', ['sleep', '{marker}'])\n")
+    result = run(tmp_path, bomb, sandbox="fallback",
+                 limits=Limits(wall_seconds=60, memory_bytes=3 * 2**30, processes=64))
+    assert result.status in ("error", "killed") and "process" in result.reason
+    assert "watchdog" in result.reason or os.geteuid() != 0
+    time.sleep(0.5)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                assert marker.encode() not in Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                pass
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+def test_collect_checks_every_artifact(tmp_path):
+    out = tmp_path / "outputs"
+    out.mkdir()
+    np.save(out / "good.npy", np.eye(2))
+    (out / "scores.json").write_text(json.dumps({"acc": 0.5}))
+    (out / "broken.json").write_text("{not json")
+    np.save(tmp_path / "outside.npy", np.eye(2))
+    os.link(tmp_path / "outside.npy", out / "hard.npy")
+    (out / "pickle.npy").write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
+    os.mkfifo(out / "fifo.npy")
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.ones(3, dtype=np.float32)}, str(out / "w.safetensors"))
+    names = ["good.npy", "scores.json", "broken.json", "hard.npy", "pickle.npy", "fifo.npy",
+             "w.safetensors", "gone.npy"]
+    found, problems = collect(out, names, tmp_path / "accepted", max_bytes=2**20)
+    assert set(found) == {"good.npy", "scores.json", "w.safetensors"}
+    assert load(found["scores.json"]) == {"acc": 0.5}
+    assert load(found["w.safetensors"])["w"].tolist() == [1.0, 1.0, 1.0]
+    assert "JSON" in problems["broken.json"]
+    assert "hard link" in problems["hard.npy"]
+    assert "pickle" in problems["pickle.npy"]
+    assert "regular file" in problems["fifo.npy"]
+    assert "missing" in problems["gone.npy"]
+    for bad in ["../x.npy", "a/b.npy", "model.pkl", "x.py", ".hidden.npy", ""]:
+        _, problems = collect(out, [bad], tmp_path / "accepted")
+        assert bad in problems and problems[bad]
+    with pytest.raises(ArtifactError):
+        load(out / "pickle.npy")
+
+
+def test_bad_arguments_fail_loudly(tmp_path):
+    nb = make_notebook(tmp_path, "pass")
+    with pytest.raises(ValueError, match="reserved"):
+        run_notebook(nb, workdir=tmp_path / "r", parameters={"output_dir": "/"})
+    with pytest.raises(ValueError):
+        run_notebook(nb, workdir=tmp_path / "r", inputs={"../etc": tmp_path})
+    with pytest.raises(ArtifactError):
+        run_notebook(nb, workdir=tmp_path / "r", outputs=["../../x.npy"])
+    assert autograder.RunResult.__dataclass_fields__["status"]
