@@ -20,7 +20,7 @@ def _name(req: str) -> str:
 def test_environment_yml_lists_the_pyproject_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = {_name(r) for r in project["dependencies"] + extras["dev"] + extras["server"]}
+    wanted = {_name(r) for r in project["dependencies"] + extras["dev"] + extras["server"] + extras["grading"]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_lists = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
     listed = {_name(r) for r in pip_lists[0]}
