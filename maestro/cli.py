@@ -5,6 +5,8 @@
     maestro demo [--quick]
     maestro serve [COURSE_DIR]            (the model server; see maestro.server)
     maestro tokens create|list|revoke|import|usage
+    maestro course init DIR [--assignments PATH]   (an nbgrader course folder; see autograder.course)
+    maestro autograde ASSIGNMENT --course DIR [--student ID] [--workers N] [--timeout S] [--force]
 """
 
 from __future__ import annotations
@@ -111,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .server.cli import add_commands as add_server_commands  # light: no fastapi/torch import
 
     add_server_commands(sub)
+
+    from autograder.cli import add_commands as add_autograder_commands  # light: argparse only
+
+    add_autograder_commands(sub)
     return parser
 
 

@@ -1,0 +1,73 @@
+"""``maestro course init`` and ``maestro autograde``: the instructor's grading commands.
+
+    maestro course init DIR [--assignments PATH] [--course-id ID] [--workers N]
+    maestro autograde ASSIGNMENT --course DIR [--student ID] [--workers N] [--timeout S] [--force]
+
+See :mod:`autograder.course` (the course folder) and :mod:`autograder.driver` (grading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _course_init(args: argparse.Namespace) -> int:
+    from .course import CourseSettings, init_course
+
+    info = init_course(args.dir, args.assignments, course_id=args.course_id,
+                       settings=CourseSettings(workers=args.workers))
+    print(f"course {info['course_id']} in {info['course']}: {len(info['assignments'])} "
+          f"assignment(s) ({', '.join(info['assignments'])})")
+    print("course secret written to .maestro/secret (0600; keep it private, back it up)")
+    print(f"next: cd {info['course']} && nbgrader generate_assignment {info['assignments'][0]}")
+    return 0
+
+
+def _autograde(args: argparse.Namespace) -> int:
+    from .driver import autograde
+
+    outcomes = autograde(args.course, args.assignment, student=args.student, workers=args.workers,
+                         timeout=args.timeout, force=args.force, home=getattr(args, "home", None))
+    if not outcomes:
+        print(f"no submissions of {args.assignment} under {args.course}/submitted/")
+        return 0
+    width = max(len(o.student) for o in outcomes)
+    for o in outcomes:
+        line = f"{o.student:<{width}}  {o.state:<7}  {o.score:6.1f} / {o.max_score:g}"
+        if o.state in ("failed", "error"):
+            line += f"  {o.reason[:160]}"
+        print(line)
+    counts = {s: sum(o.state == s for o in outcomes) for s in ("graded", "failed", "skipped", "error")}
+    print(f"{counts['graded']} graded, {counts['failed']} failed (score 0), {counts['skipped']} "
+          "skipped (unchanged; --force regrades)"
+          + (f", {counts['error']} NOT RECORDED (grader errors above)" if counts["error"] else ""),
+          file=sys.stderr)
+    return 1 if counts["error"] else 0
+
+
+def add_commands(sub) -> None:
+    """Register ``course`` and ``autograde`` on the ``maestro`` command's sub-parsers."""
+    course = sub.add_parser("course", help="create and manage an nbgrader course folder")
+    actions = course.add_subparsers(dest="action", metavar="ACTION")
+    init = actions.add_parser("init", help="a new course folder (nbgrader + Maestro grading)")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--assignments", default=None, metavar="PATH",
+                      help="folder of assignments (default: the repository's assignments/)")
+    init.add_argument("--course-id", default=None, metavar="ID",
+                      help="nbgrader course id (default: the folder's name)")
+    init.add_argument("--workers", type=int, default=1,
+                      help="default for maestro autograde --workers (written to maestro.toml)")
+    init.set_defaults(func=_course_init)
+
+    ag = sub.add_parser("autograde", help="grade the submissions of an assignment (sandboxed)")
+    ag.add_argument("assignment", metavar="ASSIGNMENT")
+    ag.add_argument("--course", default=".", metavar="DIR",
+                    help="course folder from maestro course init (default: the current directory)")
+    ag.add_argument("--student", default=None, metavar="ID", help="grade only this student")
+    ag.add_argument("--workers", type=int, default=None,
+                    help="notebooks run in parallel (default: maestro.toml [grading] workers)")
+    ag.add_argument("--timeout", type=float, default=None, metavar="S",
+                    help="wall-clock seconds per notebook (default: maestro.toml, else grading.toml)")
+    ag.add_argument("--force", action="store_true", help="regrade submissions already graded")
+    ag.set_defaults(func=_autograde)

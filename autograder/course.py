@@ -1,0 +1,173 @@
+"""``maestro course init``: an ordinary nbgrader course folder with Maestro's grading settings.
+
+Layout made by :func:`init_course` (``DIR``)::
+
+    nbgrader_config.py      course id, CourseDirectory.root, db_url, ignore (+ grading.toml)
+    source/<assignment>/    the nbgrader source notebook and grading.toml (instructor side:
+                            ``CourseDirectory.ignore`` keeps grading.toml out of release/)
+    gradebook.db            nbgrader's gradebook (SQLite), the assignments registered
+    maestro.toml            [grading] limits and workers for ``maestro autograde``
+    .maestro/secret         the course secret (0600, random; orders and splits the hidden set)
+
+Students are added to the gradebook by ``maestro autograde`` (or nbgrader) when they submit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import load_config
+
+__all__ = ["CourseSettings", "REPO_ASSIGNMENTS", "course_id", "db_url", "gradebook", "init_course",
+           "load_settings", "read_secret"]
+
+REPO_ASSIGNMENTS = Path(__file__).resolve().parents[1] / "assignments"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+#: nbgrader's default CourseDirectory.ignore, plus our instructor-only grading file
+IGNORE = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".maestro", "grading.toml"]
+
+
+@dataclass(frozen=True)
+class CourseSettings:
+    """maestro.toml [grading]: resource limits of one sandboxed run and the worker count."""
+
+    workers: int = 1
+    timeout_s: float = 0.0            # 0: the assignment's [notebook] timeout_s
+    memory_bytes: int = 4 * 2**30
+    cpu_seconds: int = 600
+    processes: int = 256
+    sandbox: str = "auto"             # "auto", "bwrap" or "fallback"
+
+
+def gradebook(course: Path, ident: str | None = None):
+    """nbgrader's ``Gradebook`` for the course. nbgrader runs the ``alembic`` command when it
+    opens or upgrades a database: if it is not on PATH, the interpreter's bin folder (the
+    virtual environment's, where pip put it) is prepended to ``$PATH`` for this process."""
+    import sys
+
+    from nbgrader.api import Gradebook
+
+    bindir = Path(sys.executable).parent
+    if shutil.which("alembic") is None and (bindir / "alembic").exists():
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    return Gradebook(db_url(course), course_id=ident or course_id(course))
+
+
+def db_url(course: Path) -> str:
+    return f"sqlite:///{Path(course).resolve() / 'gradebook.db'}"
+
+
+def read_secret(course: Path) -> str:
+    path = Path(course) / ".maestro" / "secret"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{course}: no course secret at {path} (run maestro course init)") from None
+
+
+def load_settings(course: Path) -> CourseSettings:
+    path = Path(course) / "maestro.toml"
+    if not path.is_file():
+        raise ValueError(f"{course}: no maestro.toml (run maestro course init DIR first)")
+    try:
+        raw = dict(tomllib.loads(path.read_text(encoding="utf-8")).get("grading", {}))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    known = CourseSettings.__dataclass_fields__
+    extra = sorted(set(raw) - set(known))
+    if extra:
+        raise ValueError(f"{path}: [grading] unknown key(s) {', '.join(extra)} (known: {', '.join(known)})")
+    settings = CourseSettings(**raw)
+    if settings.workers < 1 or settings.timeout_s < 0 or settings.sandbox not in ("auto", "bwrap", "fallback"):
+        raise ValueError(f"{path}: [grading] workers must be ≥ 1, timeout_s ≥ 0, "
+                         "sandbox one of auto/bwrap/fallback")
+    return settings
+
+
+def course_id(course: Path) -> str:
+    """The nbgrader course id recorded in maestro.toml ([course] id)."""
+    path = Path(course) / "maestro.toml"
+    try:
+        return str(tomllib.loads(path.read_text(encoding="utf-8"))["course"]["id"])
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        raise ValueError(f"{course}: maestro.toml has no [course] id (run maestro course init)") from None
+
+
+def _settings_toml(s: CourseSettings, ident: str) -> str:
+    return (
+        "# Maestro's grading settings for this course (read by `maestro autograde`).\n"
+        f"[course]\nid = \"{ident}\"                # the nbgrader course id\n\n"
+        "[grading]\n"
+        f"workers = {s.workers}              # submissions graded in parallel (--workers)\n"
+        f"timeout_s = {s.timeout_s:g}            # wall clock per notebook; 0 = the assignment's "
+        "grading.toml [notebook] timeout_s (--timeout)\n"
+        f"memory_bytes = {s.memory_bytes}   # RLIMIT_AS per sandboxed process\n"
+        f"cpu_seconds = {s.cpu_seconds}\n"
+        f"processes = {s.processes}\n"
+        f"sandbox = \"{s.sandbox}\"          # auto: bubblewrap, else a loud fallback\n"
+    )
+
+
+def init_course(course: str | os.PathLike[str], assignments: str | os.PathLike[str] | None = None,
+                *, course_id: str | None = None, settings: CourseSettings | None = None) -> dict:
+    """Create the course folder ``course`` (see the module docstring); returns a summary dict
+    (course_id, assignments, paths) — never the secret. Refuses a folder that already holds
+    a course (nbgrader_config.py or maestro.toml)."""
+    course = Path(course).expanduser().resolve()
+    src_root = Path(assignments).expanduser().resolve() if assignments else REPO_ASSIGNMENTS
+    course_id = course_id or course.name
+    if not _ID.match(course_id):
+        raise ValueError(f"course id {course_id!r}: use letters, digits, '_', '-', '.'")
+    for marker in ("nbgrader_config.py", "maestro.toml"):
+        if (course / marker).exists():
+            raise ValueError(f"{course} already holds a course ({marker} exists)")
+    found = sorted(p.parent for p in src_root.glob("*/grading.toml")) if src_root.is_dir() else []
+    if not found:
+        raise ValueError(f"{src_root}: no assignments (folders with a grading.toml)")
+    configs = []
+    for folder in found:
+        cfg = load_config(folder / "grading.toml")  # validates it
+        if cfg.id != folder.name:
+            raise ValueError(f"{folder / 'grading.toml'}: [assignment] id {cfg.id!r} differs from "
+                             f"its folder name {folder.name!r}")
+        nb = folder / (cfg.notebook.file or f"{cfg.id}.ipynb")
+        if not nb.is_file():
+            raise ValueError(f"{folder}: the notebook {nb.name} named by grading.toml is missing")
+        configs.append((cfg, nb))
+
+    course.mkdir(parents=True, exist_ok=True)
+    for cfg, nb in configs:
+        dest = course / "source" / cfg.id
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(nb, dest / nb.name)
+        shutil.copyfile(cfg.path, dest / "grading.toml")
+    url = db_url(course)
+    (course / "nbgrader_config.py").write_text(
+        "# nbgrader configuration written by `maestro course init`.\n"
+        "c = get_config()  # noqa: F821\n"
+        f"c.CourseDirectory.course_id = {course_id!r}\n"
+        f"c.CourseDirectory.root = {str(course)!r}\n"
+        f"c.CourseDirectory.db_url = {url!r}\n"
+        "# grading.toml (score formula, split salt) and .maestro/ stay instructor-side: never released\n"
+        f"c.CourseDirectory.ignore = {IGNORE!r}\n",
+        encoding="utf-8",
+    )
+    (course / "maestro.toml").write_text(_settings_toml(settings or CourseSettings(), course_id), encoding="utf-8")
+    private = course / ".maestro"
+    private.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(private, 0o700)
+    secret_path = private / "secret"
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+    with gradebook(course, course_id) as gb:
+        for cfg, _ in configs:
+            gb.update_or_create_assignment(cfg.id)
+    return {"course": str(course), "course_id": course_id,
+            "assignments": [cfg.id for cfg, _ in configs], "gradebook": url}

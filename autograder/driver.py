@@ -1,0 +1,399 @@
+"""``maestro autograde``: grade every submission of an assignment in an nbgrader course folder.
+
+For each ``submitted/<student>/<assignment>/<notebook>.ipynb`` (nbgrader's layout):
+
+1. the hidden INPUTS (``HiddenData.load(config, course secret).x``) are written as ``.npy`` into
+   a fresh work folder; the labels never leave this process;
+2. the notebook runs in the sandbox (:func:`autograder.run_notebook`) with the papermill
+   parameters of its ``parameters`` cell: ``inputs_path``, ``labels_path = None``,
+   ``output_dir``, ``eps`` (grading.toml [threat] eps) and ``quick = False``;
+3. the artifact is scored HERE, in the trusted driver (the model is loaded here, never in the
+   sandbox), by :func:`autograder.scoring.score_submission`; a run that crashed, timed out,
+   was killed or left no valid artifact scores 0 with the reason;
+4. the driver writes ``autograded/<student>/<assignment>/results.json`` (Gradescope format,
+   plus ``extra_data.maestro``: notebook sha256, run status, reason), the executed notebook
+   beside it, ``feedback/<student>/<assignment>/feedback.html``, and the grade into nbgrader's
+   gradebook (one transaction per submission; only the driver's thread touches the gradebook).
+
+Gradebook scale: nbgrader's total for an assignment is the sum of its graded cells' points (30
+for 01-whitebox), while grading.toml scores out of ``max_score`` (100). The driver records the
+Maestro score as the same FRACTION of every graded cell's points (``auto_score = points ·
+score / max_score``), so the gradebook total is ``score · (cell points) / max_score`` and an
+instructor can still override any cell with a manual grade in formgrader.
+
+Resume: a submission whose results.json records the sha256 of the current notebook is skipped
+unless ``force``. Runs go in parallel (``workers`` threads, each driving its own sandboxed
+process tree); scoring and all writes happen in the calling thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as _dt
+import hashlib
+import html
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import GradingConfig, load_config
+from .course import gradebook, load_settings, read_secret
+from .sandbox import Limits, RunResult, probe_bwrap, run_notebook
+
+__all__ = ["Outcome", "autograde", "feedback_html", "find_submissions"]
+
+
+@dataclass
+class Outcome:
+    """What happened to one submission: ``state`` is "graded", "failed" (scored 0), "skipped"
+    (unchanged since its results.json) or "error" (graded but not recorded: see ``reason``)."""
+
+    student: str
+    state: str
+    score: float
+    max_score: float
+    reason: str = ""
+    results: Path | None = None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_submissions(course: Path, config: GradingConfig, student: str | None = None) -> dict[str, Path]:
+    """student id -> the submitted notebook (nbgrader: submitted/<student>/<assignment>/<nb>)."""
+    nb_name = config.notebook.file or f"{config.id}.ipynb"
+    found = {}
+    root = course / "submitted"
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if student is not None and folder.name != student:
+                continue
+            nb = folder / config.id / nb_name
+            if folder.is_dir() and not folder.is_symlink() and nb.is_file() and not nb.is_symlink():
+                found[folder.name] = nb
+    return found
+
+
+def _previous_sha(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["extra_data"]["maestro"]["notebook_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _finite(value):
+    """JSON has no NaN/inf (Gradescope refuses them): None instead, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- scoring a run ---------------------------------------------------------------------------
+def _failed_result(config: GradingConfig, reason: str):
+    from .scoring import ScoreResult, _zero_parts
+
+    w = config.split.public_weight
+    parts = []
+    for label, share in (("public", w), ("private", 1.0 - w)):
+        if share > 0:
+            parts += _zero_parts(config, share, label, label, reason)
+    return ScoreResult(0.0, config.max_score, parts, {"valid": False}, {"valid": False},
+                       {"valid": False}, passed=config.pass_score <= 0, problems=[reason])
+
+
+def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden, model):
+    """(ScoreResult, failure reason or ""): score the artifact if the run left a valid one."""
+    from .scoring import score_submission
+
+    spec = config.artifact()
+    if run is None:
+        reason = f"the grader could not run the notebook: {error}"
+        return _failed_result(config, reason), reason
+    path = run.artifacts.get(spec.file)
+    if run.status not in ("ok", "error") or path is None:
+        # crashed / timed out / killed, or no valid artifact: 0 points, the sandbox's reason
+        reason = f"notebook run {run.status}: {run.reason}".strip()
+        return _failed_result(config, reason), reason
+    # "error": a cell failed AFTER the artifact was saved (e.g. the notebook's own success
+    # check); the artifact is what is graded, the error is reported
+    result = score_submission(config, {spec.file: path}, hidden, model)
+    if run.status == "error":
+        result.problems.insert(0, f"the notebook stopped with an error after saving {spec.file}: "
+                                  f"{run.reason}")
+    return result, ""
+
+
+# -- feedback -------------------------------------------------------------------------------
+def _pct(v) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
+def _num(v) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
+def feedback_html(config: GradingConfig, student: str, gradescope: dict, result, *,
+                  status: str, reason: str, graded_at: str) -> str:
+    """A small self-contained HTML page: score, the visible parts with their reasons and the
+    public metrics. Only what results.json shows as visible: aggregate numbers, never hidden
+    labels, predictions or images. Everything is HTML-escaped."""
+    e = html.escape
+    rows = []
+    hidden_pts = 0.0
+    for t in gradescope["tests"]:
+        if t["visibility"] != "visible":
+            hidden_pts += t["max_score"]
+            continue
+        rows.append(f"<tr><td>{e(t['name'])}</td><td>{round(t['score'], 2):g} / {t['max_score']:g}</td>"
+                    f"<td>{e(t['output'])}</td></tr>")
+    visible = sum(t["score"] for t in gradescope["tests"] if t["visibility"] == "visible")
+    visible_max = sum(t["max_score"] for t in gradescope["tests"] if t["visibility"] == "visible")
+    pub = result.public_metrics or {}
+    metrics = ""
+    if pub.get("valid"):
+        metrics = ("<h2>Public part: metrics</h2><ul>"
+                   f"<li>examples: {int(pub.get('n', 0))}</li>"
+                   f"<li>clean accuracy of the model: {_pct(pub.get('clean_accuracy'))}</li>"
+                   f"<li>attack success rate: {_pct(pub.get('success_rate'))}</li>"
+                   f"<li>robust accuracy: {_pct(pub.get('robust_accuracy'))}</li>"
+                   f"<li>median L∞ / L2 of successful examples: {_num(pub.get('median_linf'))} / "
+                   f"{_num(pub.get('median_l2'))}</li></ul>")
+    # private-part problems name rows of the private part: not before the deadline
+    problems = "".join(f"<li>{e(p)}</li>" for p in result.problems if not p.startswith("private part"))
+    problems = f"<h2>Problems</h2><ul>{problems}</ul>" if problems else ""
+    later = (f"<p>The private part ({hidden_pts:g} points) is scored after the deadline.</p>"
+             if hidden_pts else "")
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{e(config.id)} — feedback for {e(student)}</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "td,th{border:1px solid #ccc;padding:.3em;vertical-align:top}table{border-collapse:collapse}"
+        "</style></head><body>\n"
+        f"<h1>{e(config.title or config.id)}</h1>\n"
+        f"<p>Student: <b>{e(student)}</b> · graded {e(graded_at)} · run: {e(status)}</p>\n"
+        f"<p>Score so far: <b>{round(visible, 2):g} / {visible_max:g}</b> (public part)</p>\n{later}\n"
+        f"<pre>{e(gradescope['output'])}</pre>\n"
+        + (f"<p>Run: {e(reason)}</p>\n" if reason else "")
+        + "<table><tr><th>part</th><th>points</th><th>why</th></tr>\n" + "\n".join(rows)
+        + "</table>\n" + problems + metrics + "\n</body></html>\n"
+    )
+
+
+# -- gradebook ------------------------------------------------------------------------------
+def _record(gb, assignment: str, student: str, score: float, max_score: float, when) -> float:
+    """Student (if new), submission (if new) and the grades, in ONE transaction; returns the
+    gradebook total for the submission."""
+    from nbgrader.api import (
+        Comment,
+        Grade,
+        MissingEntry,
+        Student,
+        SubmittedAssignment,
+        SubmittedNotebook,
+    )
+
+    db = gb.db
+    try:
+        try:
+            st = gb.find_student(student)
+        except MissingEntry:
+            st = Student(id=student)
+            db.add(st)
+        try:
+            sub = gb.find_submission(assignment, student)
+            sub.timestamp = when
+        except MissingEntry:
+            target = gb.find_assignment(assignment)
+            with db.no_autoflush:  # what Gradebook.add_submission mirrors, without its commit
+                sub = SubmittedAssignment(assignment=target, student=st, timestamp=when)
+                for notebook in target.notebooks:
+                    nb = SubmittedNotebook(notebook=notebook, assignment=sub)
+                    for cell in notebook.grade_cells:
+                        Grade(cell_id=cell.id, notebook=nb)
+                    for cell in notebook.solution_cells:
+                        Comment(cell_id=cell.id, notebook=nb)
+                    for cell in notebook.task_cells:
+                        Comment(cell_id=cell.id, notebook=nb)
+                        Grade(cell_id=cell.id, notebook=nb)
+                db.add(sub)
+        db.flush()
+        frac = min(max(score / max_score, 0.0), 1.0) if max_score > 0 else 0.0
+        total = 0.0
+        for nb in sub.notebooks:
+            for grade in nb.grades:
+                pts = float(grade.cell.max_score or 0.0)
+                grade.auto_score = round(pts * frac, 4)
+                grade.manual_score = None
+                grade.needs_manual_grade = False
+                total += grade.auto_score
+        db.commit()
+        return total
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def _graded_cells(gb, assignment: str) -> int:
+    from nbgrader.api import MissingEntry
+
+    try:
+        a = gb.find_assignment(assignment)
+    except MissingEntry:
+        raise ValueError(f"the gradebook has no assignment {assignment!r}") from None
+    return sum(len(nb.grade_cells) for nb in a.notebooks)
+
+
+# -- the driver -------------------------------------------------------------------------------
+def autograde(course, assignment: str, *, student: str | None = None, workers: int | None = None,
+              timeout: float | None = None, force: bool = False, progress: bool | None = None,
+              home=None, log=None) -> list[Outcome]:
+    """Grade the submissions of ``assignment`` in the course folder ``course``; see the module
+    docstring. Returns one :class:`Outcome` per submission found (skipped ones included)."""
+    import maestro
+    from maestro._home import maestro_home
+    from tqdm import tqdm
+
+    from .scoring import HiddenData, to_gradescope
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    course = Path(course).expanduser().resolve()
+    settings = load_settings(course)
+    if not assignment or "/" in assignment or "\\" in assignment or assignment.startswith("."):
+        raise ValueError(f"assignment {assignment!r}: give the name of a folder under source/")
+    src = course / "source" / assignment
+    config = load_config(src / "grading.toml")
+    if config.id != assignment:
+        raise ValueError(f"{src / 'grading.toml'}: id {config.id!r} is not {assignment!r}")
+    workers = int(workers or settings.workers)
+    if workers < 1:
+        raise ValueError("--workers must be ≥ 1")
+    wall = float(timeout or settings.timeout_s or config.notebook.timeout_s)
+    limits = Limits(cpu_seconds=max(int(settings.cpu_seconds), int(wall) + 5),
+                    memory_bytes=int(settings.memory_bytes), processes=int(settings.processes),
+                    wall_seconds=wall)
+    with gradebook(course) as gb:
+        if _graded_cells(gb, assignment) == 0:  # also raises if the assignment is unknown
+            raise ValueError(f"the gradebook has no graded cells for {assignment}: run "
+                             f"`nbgrader generate_assignment {assignment}` in {course} first")
+
+    subs = find_submissions(course, config, student)
+    if student is not None and not subs:
+        raise ValueError(f"no submission of {assignment} by {student!r} under {course / 'submitted'}")
+
+    outcomes: dict[str, Outcome] = {}
+    todo: dict[str, tuple[Path, str]] = {}
+    for who, nb in subs.items():
+        digest = sha256_file(nb)
+        results = course / "autograded" / who / assignment / "results.json"
+        if not force and _previous_sha(results) == digest:
+            prev = json.loads(results.read_text(encoding="utf-8"))
+            outcomes[who] = Outcome(who, "skipped", float(prev.get("score", 0.0)), config.max_score,
+                                    "already graded (same notebook sha256); --force regrades", results)
+        else:
+            todo[who] = (nb, digest)
+    if not todo:
+        return [outcomes[w] for w in subs]
+
+    sandbox = settings.sandbox
+    if sandbox == "auto":
+        works, why = probe_bwrap()
+        sandbox = "bwrap" if works else "fallback"
+        if not works:
+            log(f"maestro autograde: WARNING: {why}; running WITHOUT the bubblewrap sandbox")
+    zoo = maestro_home(home)
+    hidden = HiddenData.load(config, read_secret(course))
+    model = maestro.models.load(config.model, home=home)
+    spec = config.artifact()
+    params_base = {"labels_path": None, "eps": config.threat.eps, "quick": False}
+
+    with tempfile.TemporaryDirectory(prefix="maestro-autograde-") as tmp:
+        tmp = Path(tmp)
+        inputs = tmp / "inputs.npy"
+        np.save(inputs, hidden.x.numpy().astype(spec.dtype))
+
+        def run_one(who: str, nb: Path):
+            workdir = (tmp / f"run-{len(who)}-{hashlib.sha256(who.encode()).hexdigest()[:16]}").resolve()
+            workdir.mkdir()
+            where = "/sandbox/inputs" if sandbox == "bwrap" else str(workdir / "inputs")
+            params = {**params_base, "inputs_path": f"{where}/inputs.npy"}
+            try:
+                return run_notebook(nb, workdir=workdir, parameters=params,
+                                    inputs={"inputs.npy": inputs}, outputs=[spec.file],
+                                    limits=limits, sandbox=sandbox, maestro_home=zoo), "", workdir
+            except Exception as err:  # the grader's problem, not the student's: still recorded
+                return None, f"{type(err).__name__}: {err}", workdir
+
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=len(todo), desc=f"autograde {assignment}", unit="nb", disable=not show)
+        failed = 0
+        with cf.ThreadPoolExecutor(max_workers=workers) as pool, \
+                gradebook(course) as gb:
+            futures = {pool.submit(run_one, who, nb): who for who, (nb, _) in todo.items()}
+            for fut in cf.as_completed(futures):
+                who = futures[fut]
+                nb, digest = todo[who]
+                run, error, workdir = fut.result()
+                try:
+                    result, why = _score_run(config, run, error, hidden, model)
+                except Exception as err:  # a scorer bug must not stop the other submissions
+                    why = f"the grader failed while scoring: {type(err).__name__}: {err}"
+                    result = _failed_result(config, why)
+                now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+                status = run.status if run is not None else "grader-error"
+                gs = to_gradescope(result)
+                gs["extra_data"] = {"maestro": {
+                    "assignment": assignment, "student": who, "notebook_sha256": digest,
+                    "status": status, "reason": why or (run.reason if run else error),
+                    "duration_s": round(run.duration, 2) if run else None,
+                    "sandbox": run.sandbox if run else sandbox, "graded_at": now.isoformat(),
+                    "max_score": config.max_score, "passed": bool(result.passed),
+                    "problems": list(result.problems),
+                }}
+                try:
+                    out = course / "autograded" / who / assignment
+                    out.mkdir(parents=True, exist_ok=True)
+                    if run is not None and run.executed_notebook is not None:
+                        shutil.copyfile(run.executed_notebook, out / (config.notebook.file or nb.name))
+                    _write_atomic(course / "feedback" / who / assignment / "feedback.html",
+                                  feedback_html(config, who, gs, result, status=status, reason=why,
+                                                graded_at=now.isoformat()))
+                    _record(gb, assignment, who, result.score, config.max_score, now.replace(tzinfo=None))
+                    _write_atomic(out / "results.json", json.dumps(_finite(gs), indent=2, allow_nan=False) + "\n")
+                    state = "failed" if why else "graded"
+                    outcomes[who] = Outcome(who, state, result.score, config.max_score, why,
+                                            out / "results.json")
+                except Exception as err:  # e.g. a locked gradebook: report it, grade the others
+                    state = "error"
+                    outcomes[who] = Outcome(who, state, result.score, config.max_score,
+                                            f"could not record the result: {type(err).__name__}: {err}")
+                    log(f"maestro autograde: {who}: {outcomes[who].reason}")
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                failed += state != "graded"
+                bar.set_postfix(done=bar.n + 1 - failed, failed=failed, left=len(todo) - bar.n - 1)
+                bar.update(1)
+        bar.close()
+    return [outcomes[w] for w in subs]

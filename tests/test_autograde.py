@@ -1,0 +1,224 @@
+"""``maestro course init`` + ``nbgrader generate_assignment`` + ``maestro autograde``, end to end:
+a real course folder, the real bubblewrap sandbox and papermill, the real nbgrader gradebook and
+the real lenet-mnist on the hidden set. Four submissions of 01-whitebox — the reference
+solution, the stub nbgrader releases, one that kills its kernel, one whose x_adv breaks the
+threat model — are graded with two workers; then resuming skips them and --force regrades."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from autograder.cli import add_commands
+from autograder.course import gradebook, read_secret
+from autograder.sandbox import probe_bwrap
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+A = "01-whitebox"
+NB = f"{A}.ipynb"
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="maestro")
+    parser.add_argument("--home", default=None)
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def _zoo_ready() -> bool:
+    from maestro._home import maestro_home
+
+    return (Path(maestro_home()) / "models" / "lenet-mnist").exists()
+
+
+def _variant(src: Path, dest: Path, grade_id: str, code: str) -> None:
+    nb = nbformat.read(src, as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    cell.source = code
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest)
+
+
+def _results(course: Path, who: str) -> dict:
+    return json.loads((course / "autograded" / who / A / "results.json").read_text())
+
+
+def _gradebook(course: Path) -> dict:
+    with gradebook(course) as gb:
+        return {s.student_id: (s.score, s.max_score) for s in gb.assignment_submissions(A)}
+
+
+def test_course_init_refuses_bad_input_and_never_prints_the_secret(tmp_path, capsys):
+    with pytest.raises(ValueError, match="no assignments"):
+        _cli("course", "init", str(tmp_path / "c"), "--assignments", str(tmp_path))
+    assert _cli("course", "init", str(tmp_path / "c")) == 0
+    printed = capsys.readouterr()
+    assert read_secret(tmp_path / "c") not in printed.out + printed.err
+    with pytest.raises(ValueError, match="generate_assignment"):  # no cells known yet
+        _cli("autograde", A, "--course", str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="no assignment 'nope'|no such grading config"):
+        _cli("autograde", "nope", "--course", str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="already holds a course"):
+        _cli("course", "init", str(tmp_path / "c"))
+
+
+def test_feedback_escapes_html():
+    from autograder.config import load_config
+    from autograder.driver import _failed_result, feedback_html
+    from autograder.scoring import to_gradescope
+
+    cfg = load_config(ROOT / "assignments" / A / "grading.toml")
+    result = _failed_result(cfg, "crashed: <script>alert(1)</script> & more")
+    page = feedback_html(cfg, "<b>eve</b>", to_gradescope(result), result, status="crashed",
+                         reason="<script>x</script>", graded_at="now")
+    assert "<script>" not in page and "<b>eve</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert "0 / 50" in page and "scored after the deadline" in page
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    if not probe_bwrap()[0]:
+        pytest.skip("bubblewrap cannot run here")
+    if not _zoo_ready():
+        pytest.skip("lenet-mnist is not built (maestro models build lenet-mnist)")
+    course = tmp_path_factory.mktemp("course") / "maestro-test"
+    assert _cli("course", "init", str(course), "--workers", "2") == 0
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([str(BIN / "nbgrader"), "generate_assignment", A], cwd=course, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    source, released = course / "source" / A / NB, course / "release" / A / NB
+    sub = course / "submitted"
+    (sub / "ref" / A).mkdir(parents=True)
+    shutil.copy(source, sub / "ref" / A / NB)
+    (sub / "stub" / A).mkdir(parents=True)
+    shutil.copy(released, sub / "stub" / A / NB)
+    _variant(source, sub / "crash" / A / NB, "fgsm", "import os\nos._exit(3)")
+    _variant(source, sub / "cheat" / A / NB, "final_attack",
+             "x_adv = (x + 0.5).clamp(0, 1)  # far outside eps\n"
+             "x_adv[0, 0, 0, 0] = float('nan')\n"
+             "np.save(out / 'x_adv.npy', x_adv.numpy())  # saved before the save cell's check")
+    assert _cli("autograde", A, "--course", str(course), "--timeout", "150") == 0  # workers: 2
+    return course
+
+
+@pytest.mark.slow
+def test_course_folder_is_plain_nbgrader(course):
+    assert sorted(p.name for p in (course / "release" / A).iterdir()) == [NB]  # no grading.toml
+    assert (course / "source" / A / "grading.toml").is_file()
+    secret = course / ".maestro" / "secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(read_secret(course)) >= 40
+    assert "[grading]" in (course / "maestro.toml").read_text()
+
+
+@pytest.mark.slow
+def test_scores_and_reasons(course):
+    ref = _results(course, "ref")
+    assert ref["score"] >= 70  # grading.toml pass_score
+    assert ref["extra_data"]["maestro"]["status"] == "ok"
+    assert ref["extra_data"]["maestro"]["sandbox"] == "bwrap"
+    assert ref["leaderboard"] and (course / "autograded" / "ref" / A / NB).is_file()
+    stub, crash, cheat = (_results(course, w) for w in ("stub", "crash", "cheat"))
+    for r in (stub, crash, cheat):
+        assert r["score"] == 0.0 and all(t["score"] == 0.0 for t in r["tests"])
+    assert "NotImplementedError" in stub["tests"][0]["output"]
+    assert "x_adv.npy" in stub["tests"][0]["output"]
+    assert crash["extra_data"]["maestro"]["status"] == "crashed"
+    assert "kernel" in crash["tests"][0]["output"].lower() or "crash" in crash["tests"][0]["output"]
+    assert "threat model" in cheat["tests"][0]["output"]
+    every = " ".join(t["output"] for t in cheat["tests"])  # row 0 (the NaN) is public or private
+    assert "NaN" in every or "finite" in every
+    page = (course / "feedback" / "cheat" / A / "feedback.html").read_text()
+    assert "private part" not in page.split("<h2>Problems</h2>")[-1]  # private rows stay hidden
+
+
+@pytest.mark.slow
+def test_gradebook_holds_every_score(course):
+    book = _gradebook(course)
+    assert set(book) == {"ref", "stub", "crash", "cheat"}
+    ref = _results(course, "ref")["score"]
+    total, max_score = book["ref"]
+    assert max_score == 30  # the nbgrader points of the notebook's graded cells
+    assert total == pytest.approx(ref / 100 * max_score, abs=1e-3)
+    assert [book[w][0] for w in ("stub", "crash", "cheat")] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_feedback_shows_no_hidden_data(course):
+    from autograder.config import load_config
+    from autograder.scoring import HiddenData
+
+    hidden = HiddenData.load(load_config(course / "source" / A / "grading.toml"), read_secret(course))
+    labels = hidden.y.numpy()
+    secret = read_secret(course)
+    for who in ("ref", "stub", "crash", "cheat"):
+        page = (course / "feedback" / who / A / "feedback.html").read_text()
+        results = (course / "autograded" / who / A / "results.json").read_text()
+        assert "Score so far" in page
+        for text in (page, results):
+            assert secret not in text
+            for sep in ("", " ", ", ", ","):
+                assert sep.join(map(str, labels[:12])) not in text
+    assert "45 / 45" in (course / "feedback" / "ref" / A / "feedback.html").read_text()
+    assert isinstance(labels, np.ndarray)
+
+
+@pytest.mark.slow
+def test_resume_skips_and_force_regrades(course, capsys):
+    before = {w: _results(course, w)["extra_data"]["maestro"]["graded_at"]
+              for w in ("ref", "stub", "crash", "cheat")}
+    from autograder.driver import autograde
+
+    again = autograde(course, A, progress=False)
+    assert [o.state for o in again] == ["skipped"] * 4
+    assert {o.student: o.score for o in again}["ref"] == _results(course, "ref")["score"]
+    assert _cli("autograde", A, "--course", str(course), "--student", "crash", "--force") == 0
+    assert "crash" in capsys.readouterr().out
+    after = {w: _results(course, w)["extra_data"]["maestro"]["graded_at"] for w in before}
+    assert after["ref"] == before["ref"] and after["stub"] == before["stub"]
+    assert _results(course, "crash")["extra_data"]["maestro"]["status"] == "crashed"
+    assert len(_gradebook(course)) == 4  # the regrade updated the same submission row
+    # a changed notebook is regraded without --force
+    nb = course / "submitted" / "stub" / A / NB
+    nb.write_text(nb.read_text().replace("raise NotImplementedError()", "raise RuntimeError('todo')", 1))
+    states = {o.student: o.state for o in autograde(course, A, progress=False)}
+    assert states == {"cheat": "skipped", "crash": "skipped", "ref": "skipped", "stub": "failed"}
+
+
+@pytest.mark.slow
+def test_timeout_scores_zero_and_an_error_after_saving_still_counts(course):
+    source = course / "source" / A / NB
+    _variant(source, course / "submitted" / "slow" / A / NB, "fgsm", "import time\ntime.sleep(600)")
+    # FGSM only: x_adv is saved, then the notebook's own check (success > 90%) fails
+    _variant(source, course / "submitted" / "fgsm" / A / NB, "final_attack",
+             "x_adv = fgsm(model, x, y, threat)")
+    outcomes = {}
+    from autograder.driver import autograde
+
+    for o in autograde(course, A, timeout=25, progress=False):  # the other four: unchanged
+        outcomes[o.student] = o.state
+    assert outcomes == {"cheat": "skipped", "crash": "skipped", "ref": "skipped", "stub": "skipped",
+                        "slow": "failed", "fgsm": "graded"}
+    slow = _results(course, "slow")
+    assert slow["score"] == 0.0 and slow["extra_data"]["maestro"]["status"] == "timeout"
+    assert "25" in slow["tests"][0]["output"]
+    fgsm = _results(course, "fgsm")
+    assert 30 < fgsm["score"] < 70  # FGSM alone: ~55, below pass_score
+    meta = fgsm["extra_data"]["maestro"]
+    assert meta["status"] == "error" and not meta["passed"]
+    assert "stopped with an error after saving x_adv.npy" in meta["problems"][0]
+    book = _gradebook(course)
+    assert book["slow"][0] == 0.0 and book["fgsm"][0] == pytest.approx(fgsm["score"] * 0.3, abs=1e-3)
