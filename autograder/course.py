@@ -29,6 +29,12 @@ __all__ = ["CourseSettings", "REPO_ASSIGNMENTS", "course_id", "db_url", "gradebo
 
 REPO_ASSIGNMENTS = Path(__file__).resolve().parents[1] / "assignments"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+#: the code nbgrader puts where a solution was removed
+CODE_STUB = {
+    "python": "# YOUR CODE HERE\n"
+    'raise NotImplementedError("not implemented yet: replace this line with your code")',
+}
+
 #: nbgrader's default CourseDirectory.ignore, plus our instructor-only grading file
 IGNORE = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".maestro", "grading.toml"]
 
@@ -155,7 +161,9 @@ def init_course(course: str | os.PathLike[str], assignments: str | os.PathLike[s
         f"c.CourseDirectory.root = {str(course)!r}\n"
         f"c.CourseDirectory.db_url = {url!r}\n"
         "# grading.toml (score formula, split salt) and .maestro/ stay instructor-side: never released\n"
-        f"c.CourseDirectory.ignore = {IGNORE!r}\n",
+        f"c.CourseDirectory.ignore = {IGNORE!r}\n"
+        "# what students see where a solution was: a clear message when they run it unchanged\n"
+        f"c.ClearSolutions.code_stub = {CODE_STUB!r}\n",
         encoding="utf-8",
     )
     (course / "maestro.toml").write_text(_settings_toml(settings or CourseSettings(), course_id), encoding="utf-8")

@@ -540,7 +540,10 @@ def _status(report: dict | None, timed_out: bool, returncode: int, limits: Limit
         hint = " (sys.exit() stops the notebook: the cells after it did not run)"
     elif "File too large" in evalue:
         hint = f" (file size limit {limits.file_size_bytes} bytes)"
-    return "error", f"the notebook raised {ename}: {evalue}{hint}"[:2000]
+    raised = f"{ename}: {evalue}" if evalue.strip() else ename
+    if ename == "NotImplementedError" and not evalue.strip():
+        hint = " (a part of the assignment is not implemented yet)"
+    return "error", f"the notebook raised {raised}{hint}"[:2000]
 
 
 def _kernel_death(code: Any, limits: Limits, detail: str) -> tuple[str, str]:
