@@ -193,7 +193,9 @@ def test_resume_skips_and_force_regrades(course, capsys):
     assert len(_gradebook(course)) == 4  # the regrade updated the same submission row
     # a changed notebook is regraded without --force
     nb = course / "submitted" / "stub" / A / NB
-    nb.write_text(nb.read_text().replace("raise NotImplementedError()", "raise RuntimeError('todo')", 1))
+    text = nb.read_text()
+    assert "raise NotImplementedError(" in text  # the released stub
+    nb.write_text(text.replace("raise NotImplementedError(", "raise RuntimeError(", 1))
     states = {o.student: o.state for o in autograde(course, A, progress=False)}
     assert states == {"cheat": "skipped", "crash": "skipped", "ref": "skipped", "stub": "failed"}
 
