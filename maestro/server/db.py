@@ -212,6 +212,9 @@ class Store:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # under WAL the database stays consistent; a power cut may lose the last few usage
+    # increments, in exchange for no fsync per budget reservation (~1 ms per request)
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
