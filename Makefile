@@ -38,7 +38,9 @@ test: models
 
 bench: models
 	$(OFFLINE) $(BIN)/python benchmarks/wrapper.py
-	@for b in benchmarks/attacks.py; do [ -f $$b ] && $(OFFLINE) $(BIN)/python $$b || true; done
+	$(OFFLINE) $(BIN)/python benchmarks/attacks.py
+	$(OFFLINE) $(BIN)/python benchmarks/text_attacks.py
+	$(OFFLINE) $(BIN)/python benchmarks/server.py
 
 lint: install
 	$(BIN)/ruff check maestro autograder tests benchmarks
