@@ -10,8 +10,6 @@ import maestro
 from maestro.attacks import PGD, HopSkipJump, SquareAttack
 from maestro.errors import AccessDenied, QueryBudgetExceeded
 from maestro.remote import RemoteModel, connect
-from maestro.server import ServerConfig, create_app
-from maestro.server.local import background_server
 
 CONFIG = """
 [server]
@@ -55,13 +53,9 @@ threat = { norm = "tokens", eps = 2 }
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    course = tmp_path_factory.mktemp("course")
-    (course / "server.toml").write_text(CONFIG)
-    app = create_app(ServerConfig.load(course))
-    with background_server(app) as url:
-        yield url, app.state.store
-    app.state.store.close()
+def server(course_server):
+    url, app, _ = course_server(CONFIG)
+    return url, app.state.store
 
 
 @pytest.fixture(scope="module")

@@ -63,13 +63,9 @@ threat = { norm = "tokens", eps = 2 }
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    course = tmp_path_factory.mktemp("course")
-    (course / "server.toml").write_text(CONFIG)
-    app = create_app(ServerConfig.load(course))
-    with background_server(app) as url:
-        yield argparse.Namespace(url=url, store=app.state.store, course=course)
-    app.state.store.close()
+def server(course_server):
+    url, app, course = course_server(CONFIG)
+    return argparse.Namespace(url=url, store=app.state.store, course=course)
 
 
 @pytest.fixture(scope="module")

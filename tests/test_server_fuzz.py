@@ -32,8 +32,6 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from maestro.server import ServerConfig, create_app
-from maestro.server.local import background_server
 
 CONFIG = """
 [server]
@@ -102,15 +100,11 @@ REACHED: dict[tuple[str, str], bool] = {}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    course = tmp_path_factory.mktemp("fuzz-course")
-    (course / "server.toml").write_text(CONFIG)
-    app = create_app(ServerConfig.load(course))
+def server(course_server):
+    url, app, _ = course_server(CONFIG)
     token = app.state.store.create_token("fuzz-student")
-    with background_server(app) as url:
-        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-        yield {"url": url, "schema": schema, "token": token}
-    app.state.store.close()
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    return {"url": url, "schema": schema, "token": token}
 
 
 # -- hostile but well-shaped inputs, so that requests get past the wire format ----------------
