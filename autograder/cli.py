@@ -2,6 +2,8 @@
 
     maestro course init DIR [--assignments PATH] [--course-id ID] [--workers N]
     maestro autograde ASSIGNMENT --course DIR [--student ID] [--workers N] [--timeout S] [--force]
+                      [--scheduler tcp://HOST:PORT]
+    maestro leaderboard ASSIGNMENT --course DIR [--final] [--pseudonyms] [--out DIR]
 
 See :mod:`autograder.course` (the course folder) and :mod:`autograder.driver` (grading).
 """
@@ -28,7 +30,8 @@ def _autograde(args: argparse.Namespace) -> int:
     from .driver import autograde
 
     outcomes = autograde(args.course, args.assignment, student=args.student, workers=args.workers,
-                         timeout=args.timeout, force=args.force, home=getattr(args, "home", None))
+                         timeout=args.timeout, force=args.force, scheduler=args.scheduler,
+                         home=getattr(args, "home", None))
     if not outcomes:
         print(f"no submissions of {args.assignment} under {args.course}/submitted/")
         return 0
@@ -44,6 +47,39 @@ def _autograde(args: argparse.Namespace) -> int:
           + (f", {counts['error']} NOT RECORDED (grader errors above)" if counts["error"] else ""),
           file=sys.stderr)
     return 1 if counts["error"] else 0
+
+
+def print_board(board, file=None) -> None:
+    """The leaderboard as a plain-text table."""
+    rows = [r.as_dict(board.final) for r in board.rows]
+    part = "private part (final)" if board.final else "public part"
+    print(f"{board.title}: {len(rows)} student(s), ranked on the {part}, out of {board.max_score:g}",
+          file=file)
+    if not rows:
+        print("  no graded submissions yet", file=file)
+        return
+    width = max(len(str(d["name"])) for d in rows)
+    extra = [k for k in ("success_rate", "robust_accuracy", "clean_accuracy", "auc") if k in rows[0]]
+    for d in rows:
+        line = f"{d['rank']:>3}. {d['name']:<{width}}  {d['score']:6.1f}"
+        if board.final:
+            line += f"  (public {d['public_score']:5.1f}, total {d['total_score']:5.1f})"
+        line += "".join(f"  {k.replace('_', ' ')} {100 * d[k]:5.1f}%" for k in extra if d.get(k) is not None)
+        line += f"  ({d['submissions']} sub.)"
+        print(line, file=file)
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .leaderboard import from_course, write_all
+
+    board = from_course(args.course, args.assignment, final=args.final, pseudonyms=args.pseudonyms)
+    out = Path(args.out) if args.out else Path(args.course) / "leaderboard" / args.assignment
+    paths = write_all(board, out)
+    print_board(board)
+    print("written: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
 
 
 def add_commands(sub) -> None:
@@ -70,4 +106,19 @@ def add_commands(sub) -> None:
     ag.add_argument("--timeout", type=float, default=None, metavar="S",
                     help="wall-clock seconds per notebook (default: maestro.toml, else grading.toml)")
     ag.add_argument("--force", action="store_true", help="regrade submissions already graded")
+    ag.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                    help="run each submission as a task on this Dask distributed scheduler's workers "
+                         "(each needs Maestro, bubblewrap and the model zoo); scoring stays here")
     ag.set_defaults(func=_autograde)
+
+    lb = sub.add_parser("leaderboard", help="rank the best graded submission per student (CSV, HTML, PNG)")
+    lb.add_argument("assignment", metavar="ASSIGNMENT")
+    lb.add_argument("--course", default=".", metavar="DIR",
+                    help="course folder from maestro course init (default: the current directory)")
+    lb.add_argument("--final", action="store_true",
+                    help="after the deadline: rank on the private part of the hidden set")
+    lb.add_argument("--pseudonyms", action="store_true",
+                    help="show stable made-up names instead of student ids (keyed by the course secret)")
+    lb.add_argument("--out", default=None, metavar="DIR",
+                    help="where to write leaderboard.csv/.html/.png/.json (default: COURSE/leaderboard/ASSIGNMENT)")
+    lb.set_defaults(func=_leaderboard)

@@ -45,6 +45,7 @@ import numpy as np
 
 from .config import GradingConfig, load_config
 from .course import gradebook, load_settings, read_secret
+from .leaderboard import Entry, append_history
 from .sandbox import Limits, RunResult, probe_bwrap, run_notebook
 
 __all__ = ["Outcome", "autograde", "feedback_html", "find_submissions"]
@@ -144,6 +145,40 @@ def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden,
         result.problems.insert(0, f"the notebook stopped with an error after saving {spec.file}: "
                                   f"{run.reason}")
     return result, ""
+
+
+def submitted_at(nb: Path) -> str:
+    """When the student handed the notebook in: nbgrader's ``timestamp.txt`` beside the
+    assignment folder's notebook if it parses, else the notebook's modification time (UTC)."""
+    stamp = nb.parent / "timestamp.txt"
+    try:
+        from dateutil.parser import parse
+
+        when = parse(stamp.read_text(encoding="utf-8").strip())
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+    except (OSError, ValueError, OverflowError):
+        when = _dt.datetime.fromtimestamp(nb.stat().st_mtime, _dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def history_entry(config: GradingConfig, student: str, result, nb: Path, digest: str,
+                  run: RunResult | None, status: str) -> Entry:
+    """The leaderboard's record of one graded submission (aggregates only)."""
+    def part(label):
+        got = sum(p.points for p in result.parts if p.visibility == label)
+        top = sum(p.max_points for p in result.parts if p.visibility == label)
+        return float(got), float(top)
+
+    (pub, pub_max), (priv, priv_max) = part("public"), part("private")
+    def numbers(metrics):
+        return {k: v for k, v in (metrics or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    clean, clean_priv = numbers(result.public_metrics), numbers(result.private_metrics)
+    return Entry(student, config.id, submitted_at(nb), float(result.score), float(config.max_score),
+                 pub, pub_max, priv, priv_max, _finite(clean), _finite(clean_priv),
+                 round(run.duration, 2) if run else None, result.metrics.get("queries"), status, digest)
 
 
 # -- feedback -------------------------------------------------------------------------------
@@ -266,12 +301,135 @@ def _graded_cells(gb, assignment: str) -> int:
     return sum(len(nb.grade_cells) for nb in a.notebooks)
 
 
+# -- running the notebooks: local threads or Dask tasks -----------------------------------------
+@dataclass(frozen=True)
+class _Job:
+    """What every run of one assignment shares (plain data: it travels to Dask workers)."""
+
+    params: dict
+    outputs: list
+    limits: Limits
+    sandbox: str  # "bwrap", "fallback" or "auto" (the worker decides)
+    zoo: bool = True  # bind the model zoo (read-only) into the sandbox
+
+
+def _run_in(workdir: Path, job: _Job, nb: Path, inputs: Path, zoo) -> RunResult:
+    sandbox = job.sandbox
+    if sandbox == "auto":
+        sandbox = "bwrap" if probe_bwrap()[0] else "fallback"
+    where = "/sandbox/inputs" if sandbox == "bwrap" else str(workdir / "inputs")
+    params = {**job.params, "inputs_path": f"{where}/inputs.npy"}
+    return run_notebook(nb, workdir=workdir, parameters=params, inputs={"inputs.npy": inputs},
+                        outputs=list(job.outputs), limits=job.limits, sandbox=sandbox,
+                        maestro_home=zoo if job.zoo else None)
+
+
+def _workdir(tmp: Path, who: str) -> Path:
+    workdir = (tmp / f"run-{len(who)}-{hashlib.sha256(who.encode()).hexdigest()[:16]}").resolve()
+    workdir.mkdir()
+    return workdir
+
+
+def _local_runs(workers: int, job: _Job, todo: dict, inputs: Path, tmp: Path, zoo):
+    """Yield (student, RunResult | None, grader error, workdir) as the runs finish."""
+    def one(who: str, nb: Path):
+        workdir = _workdir(tmp, who)
+        try:
+            return _run_in(workdir, job, nb, inputs, zoo), "", workdir
+        except Exception as err:  # the grader's problem, not the student's: still recorded
+            return None, f"{type(err).__name__}: {err}", workdir
+
+    with cf.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(one, who, nb): who for who, (nb, _) in todo.items()}
+        for fut in cf.as_completed(futures):
+            yield (futures[fut], *fut.result())
+
+
+def run_task(job: _Job, notebook: bytes, notebook_name: str, inputs: bytes) -> dict:
+    """One submission on a Dask worker: the notebook and the hidden inputs arrive as bytes, the
+    run happens in the worker's own sandbox (its own model zoo, ``$MAESTRO_HOME``), and what comes
+    back is data: status, reason and the validated artifacts' bytes (never the labels, which
+    stay with the driver)."""
+    with tempfile.TemporaryDirectory(prefix="maestro-task-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "in").mkdir()
+        nb = tmp / "in" / notebook_name
+        nb.write_bytes(notebook)
+        (tmp / "in" / "inputs.npy").write_bytes(inputs)
+        workdir = tmp / "run"
+        workdir.mkdir()
+        from maestro._home import maestro_home
+
+        zoo = maestro_home() if job.zoo else None  # the worker's own zoo
+        run = _run_in(workdir, job, nb, tmp / "in" / "inputs.npy", zoo)
+        return {
+            "status": run.status, "reason": run.reason, "duration": run.duration,
+            "sandbox": run.sandbox, "log_tail": run.log_tail,
+            "artifact_errors": dict(run.artifact_errors),
+            "artifacts": {name: path.read_bytes() for name, path in run.artifacts.items()},
+            "executed": run.executed_notebook.read_bytes() if run.executed_notebook else None,
+        }
+
+
+def _from_task(d: dict, workdir: Path) -> RunResult:
+    """The RunResult of :func:`run_task`'s answer, its files written under ``workdir``."""
+    from .artifacts import check_name
+
+    (workdir / "artifacts").mkdir()
+    artifacts = {}
+    for name, data in d["artifacts"].items():
+        check_name(name)
+        artifacts[name] = workdir / "artifacts" / name
+        artifacts[name].write_bytes(data)
+    executed = None
+    if d.get("executed") is not None:
+        executed = workdir / "executed.ipynb"
+        executed.write_bytes(d["executed"])
+    return RunResult(d["status"], d["reason"], float(d["duration"]), artifacts,
+                     dict(d["artifact_errors"]), executed, d.get("log_tail", ""), d["sandbox"])
+
+
+def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: Path, tmp: Path, assignment: str, log):
+    """Like :func:`_local_runs`, with one Dask task per submission on the cluster at ``scheduler``."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise RuntimeError("--scheduler needs Dask: pip install distributed") from None
+    try:
+        client = Client(scheduler, timeout="20s")
+    except OSError as err:
+        raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+    with client:
+        n = len(client.scheduler_info().get("workers", {}))
+        log(f"maestro autograde: {len(todo)} submission(s) to the Dask scheduler at {scheduler} "
+            f"({n} worker(s))")
+        data = client.scatter(inputs.read_bytes(), broadcast=True)
+        futures = {}
+        for who, (nb, digest) in todo.items():
+            fut = client.submit(run_task, job, nb.read_bytes(), nb.name, data, pure=False,
+                                key=f"maestro-{assignment}-{digest[:12]}-{len(futures)}")
+            futures[fut] = who
+        for fut in as_completed(list(futures)):
+            who = futures[fut]
+            workdir = _workdir(tmp, who)
+            try:
+                yield who, _from_task(fut.result(), workdir), "", workdir
+            except Exception as err:  # a worker that died, a lost connection, ...
+                yield who, None, f"the Dask task failed: {type(err).__name__}: {err}", workdir
+            finally:
+                fut.release()
+
+
 # -- the driver -------------------------------------------------------------------------------
 def autograde(course, assignment: str, *, student: str | None = None, workers: int | None = None,
               timeout: float | None = None, force: bool = False, progress: bool | None = None,
-              home=None, log=None) -> list[Outcome]:
+              scheduler: str | None = None, home=None, log=None) -> list[Outcome]:
     """Grade the submissions of ``assignment`` in the course folder ``course``; see the module
-    docstring. Returns one :class:`Outcome` per submission found (skipped ones included)."""
+    docstring. Returns one :class:`Outcome` per submission found (skipped ones included).
+
+    ``scheduler``: the address of a Dask distributed scheduler (``tcp://host:port``); each
+    submission then runs as one task on a Dask worker (see :func:`run_task`), and only this
+    process scores and writes. Without it, ``workers`` threads run the sandboxes here."""
     import maestro
     from maestro._home import maestro_home
     from tqdm import tqdm
@@ -318,7 +476,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         return [outcomes[w] for w in subs]
 
     sandbox = settings.sandbox
-    if sandbox == "auto":
+    if sandbox == "auto" and not scheduler:
         works, why = probe_bwrap()
         sandbox = "bwrap" if works else "fallback"
         if not works:
@@ -333,29 +491,19 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         tmp = Path(tmp)
         inputs = tmp / "inputs.npy"
         np.save(inputs, hidden.x.numpy().astype(spec.dtype))
-
-        def run_one(who: str, nb: Path):
-            workdir = (tmp / f"run-{len(who)}-{hashlib.sha256(who.encode()).hexdigest()[:16]}").resolve()
-            workdir.mkdir()
-            where = "/sandbox/inputs" if sandbox == "bwrap" else str(workdir / "inputs")
-            params = {**params_base, "inputs_path": f"{where}/inputs.npy"}
-            try:
-                return run_notebook(nb, workdir=workdir, parameters=params,
-                                    inputs={"inputs.npy": inputs}, outputs=[spec.file],
-                                    limits=limits, sandbox=sandbox, maestro_home=zoo), "", workdir
-            except Exception as err:  # the grader's problem, not the student's: still recorded
-                return None, f"{type(err).__name__}: {err}", workdir
+        # on Dask each worker probes bubblewrap itself (its machine may differ from this one)
+        job = _Job(params_base, [spec.file], limits, settings.sandbox if scheduler else sandbox)
+        if scheduler:
+            runs = _dask_runs(scheduler, job, todo, inputs, tmp, assignment, log)
+        else:
+            runs = _local_runs(workers, job, todo, inputs, tmp, zoo)
 
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=len(todo), desc=f"autograde {assignment}", unit="nb", disable=not show)
         failed = 0
-        with cf.ThreadPoolExecutor(max_workers=workers) as pool, \
-                gradebook(course) as gb:
-            futures = {pool.submit(run_one, who, nb): who for who, (nb, _) in todo.items()}
-            for fut in cf.as_completed(futures):
-                who = futures[fut]
+        with gradebook(course) as gb:
+            for who, run, error, workdir in runs:
                 nb, digest = todo[who]
-                run, error, workdir = fut.result()
                 try:
                     result, why = _score_run(config, run, error, hidden, model)
                 except Exception as err:  # a scorer bug must not stop the other submissions
@@ -369,6 +517,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                     "status": status, "reason": why or (run.reason if run else error),
                     "duration_s": round(run.duration, 2) if run else None,
                     "sandbox": run.sandbox if run else sandbox, "graded_at": now.isoformat(),
+                    "runner": f"dask {scheduler}" if scheduler else f"local, {workers} worker(s)",
                     "max_score": config.max_score, "passed": bool(result.passed),
                     "problems": list(result.problems),
                 }}
@@ -382,6 +531,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                                                 graded_at=now.isoformat()))
                     _record(gb, assignment, who, result.score, config.max_score, now.replace(tzinfo=None))
                     _write_atomic(out / "results.json", json.dumps(_finite(gs), indent=2, allow_nan=False) + "\n")
+                    append_history(course, history_entry(config, who, result, nb, digest, run, status))
                     state = "failed" if why else "graded"
                     outcomes[who] = Outcome(who, state, result.score, config.max_score, why,
                                             out / "results.json")

@@ -7,12 +7,16 @@ threat model — are graded with two workers; then resuming skips them and --for
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -207,13 +211,22 @@ def test_timeout_scores_zero_and_an_error_after_saving_still_counts(course):
     # FGSM only: x_adv is saved, then the notebook's own check (success > 90%) fails
     _variant(source, course / "submitted" / "fgsm" / A / NB, "final_attack",
              "x_adv = fgsm(model, x, y, threat)")
+    # monkeypatching maestro inside the kernel: its own checks pass, the grader's do not
+    _variant(source, course / "submitted" / "patch" / A / NB, "final_attack",
+             "maestro.ThreatModel.check = lambda self, *a, **k: None\n"
+             "model.predict = lambda inputs: torch.full((len(inputs),), -1)\n"
+             "x_adv = (x + 0.5).clamp(0, 1)")
     outcomes = {}
     from autograder.driver import autograde
 
     for o in autograde(course, A, timeout=25, progress=False):  # the other four: unchanged
         outcomes[o.student] = o.state
     assert outcomes == {"cheat": "skipped", "crash": "skipped", "ref": "skipped", "stub": "skipped",
-                        "slow": "failed", "fgsm": "graded"}
+                        "slow": "failed", "fgsm": "graded", "patch": "graded"}
+    patch = _results(course, "patch")
+    # the patched ThreatModel.check let the notebook save an over-eps x_adv; the grader's did not
+    assert patch["extra_data"]["maestro"]["status"] in ("ok", "error")
+    assert patch["score"] == 0.0 and "threat model" in patch["tests"][0]["output"]
     slow = _results(course, "slow")
     assert slow["score"] == 0.0 and slow["extra_data"]["maestro"]["status"] == "timeout"
     assert "25" in slow["tests"][0]["output"]
@@ -224,3 +237,85 @@ def test_timeout_scores_zero_and_an_error_after_saving_still_counts(course):
     assert "stopped with an error after saving x_adv.npy" in meta["problems"][0]
     book = _gradebook(course)
     assert book["slow"][0] == 0.0 and book["fgsm"][0] == pytest.approx(fgsm["score"] * 0.3, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_dask_scheduler_runs_the_sandboxes_on_workers(course):
+    distributed = pytest.importorskip("distributed")
+    from autograder.driver import autograde
+
+    before = _results(course, "ref")["score"]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        out = autograde(course, A, student="ref", force=True, scheduler=cluster.scheduler_address,
+                        progress=False)
+    assert [(o.student, o.state) for o in out] == [("ref", "graded")]
+    ref = _results(course, "ref")
+    meta = ref["extra_data"]["maestro"]
+    assert meta["runner"].startswith("dask tcp://") and meta["sandbox"] == "bwrap"
+    assert ref["score"] >= 70 and abs(ref["score"] - before) < 5  # same notebook, same hidden set
+    with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler"):
+        autograde(course, A, student="stub", force=True, scheduler="tcp://127.0.0.1:9", progress=False)
+
+
+@pytest.mark.slow
+def test_leaderboard_from_the_course(course, capsys):
+    from autograder.leaderboard import read_history
+
+    assert _cli("leaderboard", A, "--course", str(course)) == 0
+    printed = capsys.readouterr().out
+    folder = course / "leaderboard" / A
+    rows = list(csv.DictReader((folder / "leaderboard.csv").open()))
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == {"ref", "stub", "crash", "cheat", "slow", "fgsm", "patch"}
+    assert rows[0]["name"] == "ref" and rows[0]["rank"] == "1"
+    assert rows[1]["name"] == "fgsm" and rows[1]["rank"] == "2"
+    assert {r["rank"] for r in rows[2:]} == {"3"} and {float(r["score"]) for r in rows[2:]} == {0.0}
+    assert by_name["stub"]["submissions"] == "2"  # the released stub, then its edited version
+    assert by_name["crash"]["submissions"] == "1"  # --force on the same notebook: one submission
+    assert float(rows[0]["success_rate"]) > 0.9
+    assert "  1. ref" in printed and "  2. fgsm" in printed
+    page = (folder / "leaderboard.html").read_text()
+    assert page.count("<tr>") == 8 and (folder / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+    history = read_history(course, A)
+    assert {e.student for e in history} == set(by_name)
+    # after the deadline, with pseudonyms: ranked on the private part, no student id shown
+    assert _cli("leaderboard", A, "--course", str(course), "--final", "--pseudonyms") == 0
+    final = (folder / "leaderboard-final.csv").read_text()
+    names = [r["name"] for r in csv.DictReader(io.StringIO(final))]
+    assert len(names) == 7 and not set(names) & set(by_name)
+    assert "public_score" in final.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_killed_autograde_resumes_and_the_gradebook_stays_consistent(course):
+    from autograder.driver import autograde
+
+    source = course / "source" / A / NB
+    new = ["k1", "k2", "k3"]
+    for i, who in enumerate(new):
+        _variant(source, course / "submitted" / who / A / NB, "final_attack",
+                 f"x_adv = fgsm(model, x, y, threat)  # variant {i}")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([str(BIN / "maestro"), "autograde", A, "--course", str(course), "--workers", "1"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    done = []
+    try:
+        deadline = time.monotonic() + 240
+        while not done and time.monotonic() < deadline and proc.poll() is None:
+            done = [w for w in new if (course / "autograded" / w / A / "results.json").exists()]
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # like a lost terminal or an OOM kill
+        proc.wait()
+    assert len(done) == 1, "the grader should have been killed after its first new result"
+    first = _results(course, done[0])["extra_data"]["maestro"]["graded_at"]
+    states = {o.student: o.state for o in autograde(course, A, progress=False)}
+    assert states[done[0]] == "skipped" and _results(course, done[0])["extra_data"]["maestro"]["graded_at"] == first
+    assert all(states[w] == "graded" for w in new if w != done[0])
+    book = _gradebook(course)
+    for who in new:
+        score = _results(course, who)["score"]
+        assert 30 < score < 70 and book[who][0] == pytest.approx(score * 0.3, abs=1e-3)
+    assert not list((course / "autograded").glob("*/*/.results.json.tmp"))
