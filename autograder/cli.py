@@ -1,6 +1,6 @@
 """``maestro course init`` and ``maestro autograde``: the instructor's grading commands.
 
-    maestro course init DIR [--assignments PATH] [--course-id ID] [--workers N]
+    maestro course init DIR [--assignments PATH] [--course-id ID] [--workers N] [--db-url URL]
     maestro autograde ASSIGNMENT --course DIR [--student ID] [--workers N] [--timeout S] [--force]
                       [--scheduler tcp://HOST:PORT]
     maestro leaderboard ASSIGNMENT --course DIR [--final] [--pseudonyms] [--out DIR]
@@ -18,9 +18,10 @@ def _course_init(args: argparse.Namespace) -> int:
     from .course import CourseSettings, init_course
 
     info = init_course(args.dir, args.assignments, course_id=args.course_id,
-                       settings=CourseSettings(workers=args.workers))
+                       settings=CourseSettings(workers=args.workers), db_url=args.db_url)
     print(f"course {info['course_id']} in {info['course']}: {len(info['assignments'])} "
           f"assignment(s) ({', '.join(info['assignments'])})")
+    print(f"gradebook: {info['gradebook']}")
     print("course secret written to .maestro/secret (0600; keep it private, back it up)")
     print(f"next: cd {info['course']} && nbgrader generate_assignment {info['assignments'][0]}")
     return 0
@@ -94,6 +95,9 @@ def add_commands(sub) -> None:
                       help="nbgrader course id (default: the folder's name)")
     init.add_argument("--workers", type=int, default=1,
                       help="default for maestro autograde --workers (written to maestro.toml)")
+    init.add_argument("--db-url", default=None, metavar="URL",
+                      help="the nbgrader gradebook's database (default: gradebook.db, SQLite, in DIR), "
+                           "e.g. postgresql://USER@HOST/DB; written to nbgrader_config.py")
     init.set_defaults(func=_course_init)
 
     ag = sub.add_parser("autograde", help="grade the submissions of an assignment (sandboxed)")

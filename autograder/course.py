@@ -5,7 +5,8 @@ Layout made by :func:`init_course` (``DIR``)::
     nbgrader_config.py      course id, CourseDirectory.root, db_url, ignore (+ grading.toml)
     source/<assignment>/    the nbgrader source notebook and grading.toml (instructor side:
                             ``CourseDirectory.ignore`` keeps grading.toml out of release/)
-    gradebook.db            nbgrader's gradebook (SQLite), the assignments registered
+    gradebook.db            nbgrader's gradebook (SQLite), the assignments registered; or any
+                            database by URL (``init_course(db_url=...)``, e.g. PostgreSQL)
     maestro.toml            [grading] limits and workers for ``maestro autograde``
     .maestro/secret         the course secret (0600, random; orders and splits the hidden set)
 
@@ -24,8 +25,8 @@ from pathlib import Path
 
 from .config import load_config
 
-__all__ = ["CourseSettings", "REPO_ASSIGNMENTS", "course_id", "db_url", "gradebook", "init_course",
-           "load_settings", "read_secret"]
+__all__ = ["CourseSettings", "REPO_ASSIGNMENTS", "check_db_url", "course_id", "db_url", "gradebook",
+           "init_course", "load_settings", "read_secret"]
 
 REPO_ASSIGNMENTS = Path(__file__).resolve().parents[1] / "assignments"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -36,7 +37,10 @@ CODE_STUB = {
 }
 
 #: nbgrader's default CourseDirectory.ignore, plus our instructor-only grading file
-IGNORE = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".maestro", "grading.toml"]
+#: (results.json: the autograder's full result, private part included, must never be copied into
+#: feedback/ by ``nbgrader generate_feedback``, which copies every other file of autograded/)
+IGNORE = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".maestro", "grading.toml",
+          "results.json"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,14 @@ class CourseSettings:
 
 
 def gradebook(course: Path, ident: str | None = None):
-    """nbgrader's ``Gradebook`` for the course. nbgrader runs the ``alembic`` command when it
-    opens or upgrades a database: if it is not on PATH, the interpreter's bin folder (the
-    virtual environment's, where pip put it) is prepended to ``$PATH`` for this process."""
+    """nbgrader's ``Gradebook`` for the course, on the database :func:`db_url` names."""
+    return _open_gradebook(db_url(course), ident or course_id(course))
+
+
+def _open_gradebook(url: str, ident: str):
+    """nbgrader runs the ``alembic`` command when it creates or upgrades a database: if it is
+    not on PATH, the interpreter's bin folder (the virtual environment's, where pip put it) is
+    prepended to ``$PATH`` for this process."""
     import sys
 
     from nbgrader.api import Gradebook
@@ -62,11 +71,55 @@ def gradebook(course: Path, ident: str | None = None):
     bindir = Path(sys.executable).parent
     if shutil.which("alembic") is None and (bindir / "alembic").exists():
         os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
-    return Gradebook(db_url(course), course_id=ident or course_id(course))
+    return Gradebook(url, course_id=ident)
 
 
 def db_url(course: Path) -> str:
-    return f"sqlite:///{Path(course).resolve() / 'gradebook.db'}"
+    """The gradebook's SQLAlchemy URL, the one nbgrader itself uses: ``c.CourseDirectory.db_url``
+    of the course's ``nbgrader_config.py`` (run as nbgrader runs it, so a URL read from the
+    environment works too), else nbgrader's default ``gradebook.db`` in the course root."""
+    course = Path(course).resolve()
+    section: dict = {}
+    if (course / "nbgrader_config.py").is_file():
+        from traitlets.config.loader import PyFileConfigLoader
+
+        try:
+            cfg = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+        except Exception as err:  # the instructor's file: report where it broke
+            raise ValueError(f"{course / 'nbgrader_config.py'}: cannot be read: "
+                             f"{type(err).__name__}: {err}") from None
+        section = cfg.CourseDirectory if "CourseDirectory" in cfg else {}
+    if section.get("db_url"):
+        return str(section["db_url"])
+    root = (course / str(section["root"])).resolve() if section.get("root") else course
+    return f"sqlite:///{root / 'gradebook.db'}"
+
+
+def check_db_url(url: str) -> str:
+    """Validate a gradebook URL for ``init_course``; ``postgresql://`` (and ``postgres://``) get
+    the psycopg (v3) driver, the one the ``server`` extra installs."""
+    from maestro.server.db import with_driver
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = with_driver(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"gradebook URL {_hide_password(url)!r}: not a database URL such as "
+                         "postgresql://USER@HOST/DB or sqlite:////abs/path/gradebook.db") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not os.path.isabs(parsed.database):
+        raise ValueError(f"gradebook URL {url!r}: give an absolute SQLite path (sqlite:////abs/path)")
+    return url
+
+
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
 
 
 def read_secret(course: Path) -> str:
@@ -121,13 +174,21 @@ def _settings_toml(s: CourseSettings, ident: str) -> str:
 
 
 def init_course(course: str | os.PathLike[str], assignments: str | os.PathLike[str] | None = None,
-                *, course_id: str | None = None, settings: CourseSettings | None = None) -> dict:
+                *, course_id: str | None = None, settings: CourseSettings | None = None,
+                db_url: str | None = None) -> dict:
     """Create the course folder ``course`` (see the module docstring); returns a summary dict
-    (course_id, assignments, paths) — never the secret. Refuses a folder that already holds
-    a course (nbgrader_config.py or maestro.toml)."""
+    (course_id, assignments, paths, the gradebook URL without its password) — never the secret.
+    Refuses a folder that already holds a course (nbgrader_config.py or maestro.toml).
+
+    ``db_url``: the gradebook's database (default: ``gradebook.db``, SQLite, in the folder), e.g.
+    ``postgresql://grader@dbhost/course_gradebook`` — an existing, otherwise empty database (not
+    the model server's: nbgrader takes a database with tables for an existing gradebook). It is
+    written to ``nbgrader_config.py``, where nbgrader and ``maestro autograde`` both read it, and
+    checked (the assignments registered) before any marker file is written."""
     course = Path(course).expanduser().resolve()
     src_root = Path(assignments).expanduser().resolve() if assignments else REPO_ASSIGNMENTS
     course_id = course_id or course.name
+    url = check_db_url(db_url) if db_url else f"sqlite:///{course / 'gradebook.db'}"
     if not _ID.match(course_id):
         raise ValueError(f"course id {course_id!r}: use letters, digits, '_', '-', '.'")
     for marker in ("nbgrader_config.py", "maestro.toml"):
@@ -153,7 +214,10 @@ def init_course(course: str | os.PathLike[str], assignments: str | os.PathLike[s
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(nb, dest / nb.name)
         shutil.copyfile(cfg.path, dest / "grading.toml")
-    url = db_url(course)
+    # the database first: an unreachable server leaves no half-made course behind
+    with _open_gradebook(url, course_id) as gb:
+        for cfg, _ in configs:
+            gb.update_or_create_assignment(cfg.id)
     (course / "nbgrader_config.py").write_text(
         "# nbgrader configuration written by `maestro course init`.\n"
         "c = get_config()  # noqa: F821\n"
@@ -174,8 +238,5 @@ def init_course(course: str | os.PathLike[str], assignments: str | os.PathLike[s
     fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(secrets.token_urlsafe(32) + "\n")
-    with gradebook(course, course_id) as gb:
-        for cfg, _ in configs:
-            gb.update_or_create_assignment(cfg.id)
     return {"course": str(course), "course_id": course_id,
-            "assignments": [cfg.id for cfg, _ in configs], "gradebook": url}
+            "assignments": [cfg.id for cfg, _ in configs], "gradebook": _hide_password(url)}

@@ -11,9 +11,12 @@ For each ``submitted/<student>/<assignment>/<notebook>.ipynb`` (nbgrader's layou
    sandbox), by :func:`autograder.scoring.score_submission`; a run that crashed, timed out,
    was killed or left no valid artifact scores 0 with the reason;
 4. the driver writes ``autograded/<student>/<assignment>/results.json`` (Gradescope format,
-   plus ``extra_data.maestro``: notebook sha256, run status, reason), the executed notebook
-   beside it, ``feedback/<student>/<assignment>/feedback.html``, and the grade into nbgrader's
-   gradebook (one transaction per submission; only the driver's thread touches the gradebook).
+   plus ``extra_data.maestro``: notebook sha256, run status, reason; never copied to feedback:
+   the course's ``CourseDirectory.ignore`` lists it), the executed notebook beside it with its
+   outputs removed (whole under ``.maestro/runs/``), ``feedback.html`` (public parts only) in
+   autograded/ and feedback/ — so ``nbgrader generate_feedback`` keeps it — the grade into
+   nbgrader's gradebook (one transaction per submission; only the driver's thread touches the
+   gradebook) and a line in ``.maestro/history/<assignment>.jsonl`` for the leaderboard.
 
 Gradebook scale: nbgrader's total for an assignment is the sum of its graded cells' points (30
 for 01-whitebox), while grading.toml scores out of ``max_score`` (100). The driver records the
@@ -179,6 +182,29 @@ def history_entry(config: GradingConfig, student: str, result, nb: Path, digest:
     return Entry(student, config.id, submitted_at(nb), float(result.score), float(config.max_score),
                  pub, pub_max, priv, priv_max, _finite(clean), _finite(clean_priv),
                  round(run.duration, 2) if run else None, result.metrics.get("queries"), status, digest)
+
+
+def _keep_executed(course: Path, assignment: str, who: str, executed: Path, dest: Path) -> None:
+    """The executed notebook, twice: whole (outputs included) for the instructor under
+    ``.maestro/runs/<assignment>/<student>.ipynb``, and with every output removed in
+    ``autograded/`` — the copy ``nbgrader generate_feedback`` turns into the student's feedback.
+    The outputs were made on the hidden inputs (a student's code could print them), so they
+    never go back to students; what went wrong is in feedback.html."""
+    import nbformat
+
+    runs = course / ".maestro" / "runs" / assignment
+    runs.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(executed, runs / f"{who}.ipynb")
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # a notebook the kernel left unreadable: nothing for feedback
+        return
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    nb.metadata.pop("papermill", None)
+    _write_atomic(dest, nbformat.writes(nb))
 
 
 # -- feedback -------------------------------------------------------------------------------
@@ -524,11 +550,15 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                 try:
                     out = course / "autograded" / who / assignment
                     out.mkdir(parents=True, exist_ok=True)
+                    nb_name = config.notebook.file or nb.name
                     if run is not None and run.executed_notebook is not None:
-                        shutil.copyfile(run.executed_notebook, out / (config.notebook.file or nb.name))
-                    _write_atomic(course / "feedback" / who / assignment / "feedback.html",
-                                  feedback_html(config, who, gs, result, status=status, reason=why,
-                                                graded_at=now.isoformat()))
+                        _keep_executed(course, assignment, who, run.executed_notebook, out / nb_name)
+                    page = feedback_html(config, who, gs, result, status=status, reason=why,
+                                         graded_at=now.isoformat())
+                    # in autograded/ too: `nbgrader generate_feedback` replaces feedback/<student>/
+                    # <assignment>/ and copies the non-notebook files of autograded/ into it
+                    _write_atomic(out / "feedback.html", page)
+                    _write_atomic(course / "feedback" / who / assignment / "feedback.html", page)
                     _record(gb, assignment, who, result.score, config.max_score, now.replace(tzinfo=None))
                     _write_atomic(out / "results.json", json.dumps(_finite(gs), indent=2, allow_nan=False) + "\n")
                     append_history(course, history_entry(config, who, result, nb, digest, run, status))

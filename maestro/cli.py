@@ -77,9 +77,13 @@ def _models_info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    if args.zoo:
+        from .demo import run_demo
 
-    return run_demo(quick=args.quick, home=args.home)
+        return run_demo(quick=args.quick, home=args.home)
+    from autograder.demo import run_course_demo
+
+    return run_course_demo(args.dir, quick=args.quick, workers=args.workers, home=args.home)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,8 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_models_info)
 
-    demo = sub.add_parser("demo", help="the end-to-end demo")
-    demo.add_argument("--quick", action="store_true", help="a small, fast run (what CI uses)")
+    demo = sub.add_parser("demo", help="the end-to-end demo: a course, seven students, autograding, leaderboard")
+    demo.add_argument("--quick", action="store_true", help="a shorter, faster run (what CI uses)")
+    demo.add_argument("--dir", default="maestro-demo-course", metavar="DIR",
+                      help="the demo course folder (replaced if it holds an earlier demo; default: %(default)s)")
+    demo.add_argument("--workers", type=int, default=2, help="notebooks graded in parallel (default: 2)")
+    demo.add_argument("--zoo", action="store_true",
+                      help="instead: attack every zoo model once and print a table (the student's view)")
     demo.set_defaults(func=_demo)
 
     from .server.cli import add_commands as add_server_commands  # light: no fastapi/torch import

@@ -1,22 +1,101 @@
-"""`maestro demo --quick` runs end to end as a real process and prints its table."""
+"""`maestro demo` end to end as a real process: a course, seven simulated students through
+nbgrader's exchange, sandboxed autograding, nbgrader's feedback and the leaderboard; and the
+zoo demo (`--zoo`) that attacks every zoo model."""
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import nbformat
 import pytest
+
+from autograder.sandbox import probe_bwrap
+
+A = "01-whitebox"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    if not probe_bwrap()[0]:
+        pytest.skip("bubblewrap cannot run here (CI installs it; tests/test_sandbox.py fails in CI)")
+    where = tmp_path_factory.mktemp("demo")
+    out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--quick"], cwd=where,
+                         capture_output=True, text=True, timeout=600, check=False)
+    return where / "maestro-demo-course", out
 
 
 @pytest.mark.slow
-def test_quick_demo_attacks_every_zoo_model():
-    out = subprocess.run(
-        [sys.executable, "-m", "maestro.cli", "demo", "--quick"], capture_output=True, text=True, timeout=600, check=False
-    )
+def test_demo_grades_every_kind_of_submission_as_expected(demo):
+    course, out = demo
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "every outcome as expected" in out.stdout
+    for who in ("ada", "ben", "cy", "dan", "eve", "fay", "gus"):
+        assert re.search(rf"^{who}\s+\w+\s+[\d.]+\s+ok ", out.stdout, re.M), who
+    rows = list(csv.DictReader((course / "leaderboard" / A / "leaderboard.csv").open()))
+    assert [r["name"] for r in rows[:3]] == ["ada", "cy", "ben"] and len(rows) == 7
+    assert (course / "leaderboard" / A / "leaderboard.png").stat().st_size > 5000
+    # nbgrader's own submit/collect happened: timestamps and the exchange
+    assert (course / "submitted" / "ada" / A / "timestamp.txt").is_file()
+    assert list((course / "exchange").rglob("inbound/*"))
+
+
+@pytest.mark.slow
+def test_feedback_from_nbgrader_and_maestro_leaks_nothing_hidden(demo):
+    from autograder.config import load_config
+    from autograder.course import read_secret
+    from autograder.scoring import HiddenData
+
+    course, out = demo
+    assert out.returncode == 0
+    hidden = HiddenData.load(load_config(course / "source" / A / "grading.toml"), read_secret(course))
+    labels = "".join(map(str, hidden.y.numpy()[:16]))
+    pixels = [f"{v:.6f}" for v in hidden.x.flatten().numpy()[300:340] if 0 < v < 1][:3]
+    source = nbformat.read(course / "source" / A / f"{A}.ipynb", as_version=4)
+    hidden_code = [ln.strip() for c in source.cells if "BEGIN HIDDEN TESTS" in c.source
+                   for ln in c.source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0].splitlines()
+                   if len(ln.strip()) > 12]
+    assert hidden_code, "01-whitebox has hidden tests"
+    for who in ("ada", "ben", "cy", "dan", "eve", "fay", "gus"):
+        folder = course / "feedback" / who / A
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == [f"{A}.html", "feedback.html"], names  # results.json is never copied here
+        for page in folder.iterdir():
+            text = page.read_text()
+            assert labels not in text.replace(" ", "").replace(",", "")
+            assert read_secret(course) not in text
+            for line in hidden_code:
+                assert line not in text, (who, page.name, line)
+            for px in pixels:
+                assert px not in text
+        nb = nbformat.read(course / "autograded" / who / A / f"{A}.ipynb", as_version=4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+        assert (course / ".maestro" / "runs" / A / f"{who}.ipynb").is_file()  # the instructor's copy
+    ada = (course / "feedback" / "ada" / A / "feedback.html").read_text()
+    assert "45 / 45" in ada and "scored after the deadline" in ada
+    results = json.loads((course / "autograded" / "gus" / A / "results.json").read_text())
+    assert "threat model" in results["tests"][0]["output"]
+
+
+@pytest.mark.slow
+def test_zoo_demo_attacks_every_zoo_model():
+    out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--zoo", "--quick"],
+                         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     for name in ("mlp-digits", "cnn-digits", "lenet-mnist", "lstm-tweets", "minilm-tweets"):
         row = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
         clean, attacked = (float(p) for p in re.findall(r"([\d.]+)%", row))
         assert clean > 80 and attacked < clean - 20, row
-    assert "->" in out.stdout  # a flipped tweet is shown
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo_course(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode != 0 and "not a demo course" in out.stderr + out.stdout
+    assert (tmp_path / "keep.txt").read_text() == "precious"

@@ -1,0 +1,238 @@
+"""``maestro demo``: a whole term of one assignment in a couple of minutes, end to end.
+
+1. ``maestro course init``: a demo nbgrader course (``.maestro-demo`` marks it as ours);
+2. ``nbgrader generate_assignment`` and ``release_assignment`` of ``01-whitebox`` (an exchange
+   folder inside the course);
+3. seven simulated students ``fetch_assignment``, work in their copy and ``submit``: the reference
+   solution, a weaker one (FGSM only), a partial one (PGD with too few steps), the untouched stub,
+   one whose kernel crashes, one that never ends, and one that quietly uses a larger eps;
+4. ``nbgrader collect``, then ``maestro autograde`` (sandboxed, 2 workers, hidden data);
+5. ``nbgrader generate_feedback`` beside Maestro's own feedback pages;
+6. ``maestro leaderboard``: printed, and written as CSV, HTML and PNG.
+
+Everything runs through nbgrader's own Python API and the same functions the ``maestro``
+commands call. The result of every student is checked against what the demo expects, so the
+demo is also an end-to-end check: it exits non-zero if any outcome is wrong.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+A = "01-whitebox"
+MARKER = ".maestro-demo"
+
+
+@dataclass(frozen=True)
+class Student:
+    id: str
+    story: str
+    code: dict | None        # grade_id -> code replacing the solution; None: hand in the stub
+    expect: str              # "full" (≥ 95), "pass" (pass_score..95), "below" (0 < score < pass), "zero"
+    why: str = ""            # a word that must appear in the reason of a zero
+
+
+STUDENTS = (
+    Student("ada", "reference solution: PGD-40, then random restarts", {}, "full"),
+    Student("ben", "weaker: FGSM only", {"final_attack": "x_adv = fgsm(model, x, y, threat)"}, "below"),
+    Student("cy", "partial: PGD with only 2 steps, no restarts",
+            {"final_attack": "x_adv = pgd(model, x, y, threat, steps=2, random_start=False)"}, "pass"),
+    Student("dan", "hands in the released stub unchanged", None, "zero", "not implemented yet"),
+    Student("eve", "crashes: the kernel dies (segfault) in fgsm",
+            {"fgsm": "import ctypes\nctypes.string_at(0)  # reads address 0: the kernel dies"}, "zero",
+            "kernel"),
+    Student("fay", "times out: an endless loop in pgd", {"pgd": "while True:\n    pass"}, "zero", "time"),
+    Student("gus", "breaks the threat model: attacks with eps 0.3 instead of 0.2",
+            {"final_attack": "threat = maestro.ThreatModel('linf', eps=0.3, bounds=(0.0, 1.0))\n"
+                             "x_adv = pgd(model, x, y, threat, steps=steps)"}, "zero", "threat model"),
+)
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _solutions(source_nb: Path) -> dict[str, str]:
+    """grade_id -> the solution code of the source notebook, markers removed (what a student
+    who solved the cell would have written)."""
+    import nbformat
+
+    out = {}
+    for cell in nbformat.read(source_nb, as_version=4).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("solution"):
+            lines = [ln for ln in cell.source.splitlines()
+                     if ln.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION")]
+            out[meta["grade_id"]] = "\n".join(lines)
+    return out
+
+
+def _work(nb_path: Path, solutions: dict[str, str], student: Student) -> None:
+    """The student's edits of the fetched notebook: every solution cell solved, then their twist."""
+    import nbformat
+
+    if student.code is None:
+        return
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in solutions:
+            cell.source = solutions[gid]
+        if gid in student.code:
+            if gid in ("fgsm", "pgd") and student.code[gid].startswith(("import", "while")):
+                head = cell.source.split('"""')  # keep the def line and docstring, replace the body
+                body = "\n".join("    " + ln for ln in student.code[gid].splitlines())
+                cell.source = '"""'.join(head[:2]) + '"""\n' + body
+            else:
+                cell.source = student.code[gid]
+    nbformat.write(nb, nb_path)
+
+
+def _prepare(folder: Path) -> None:
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / MARKER).is_file():
+            raise SystemExit(f"maestro demo: {folder} exists and is not a demo course; "
+                             "give another folder with --dir (nothing was changed)")
+        shutil.rmtree(folder)
+
+
+def run_course_demo(folder="maestro-demo-course", *, quick: bool = False, workers: int = 2,
+                    home=None) -> int:
+    """Run the demo in ``folder`` (replaced if it is an earlier demo course); returns an exit code.
+    ``quick``: a shorter notebook time limit (the endless loop is stopped sooner)."""
+    from traitlets.config import Config
+
+    from maestro.models import build
+
+    from .cli import print_board
+    from .course import CourseSettings, init_course
+    from .driver import autograde
+    from .leaderboard import from_course, write_all
+
+    t0 = time.perf_counter()
+    folder = Path(folder).expanduser().resolve()
+    _prepare(folder)
+    timeout = 30.0 if quick else 60.0
+
+    _say("Maestro demo: one assignment, seven students, graded end to end.\n")
+    _say("[0] the model zoo (built once, skipped when present)")
+    build(["lenet-mnist"], home=home, progress=False)
+
+    _say(f"[1] maestro course init {folder}")
+    info = init_course(folder, settings=CourseSettings(workers=workers))
+    (folder / MARKER).write_text("made by `maestro demo`; the demo replaces this folder when run again\n")
+    exchange = folder / "exchange"
+    exchange.mkdir(mode=0o777)
+    with open(folder / "nbgrader_config.py", "a", encoding="utf-8") as fh:
+        fh.write("# demo only: the exchange lives in the course, and the simulated students share\n"
+                 "# one OS account, so nbgrader collect must not check file owners\n"
+                 f"c.Exchange.root = {str(exchange)!r}\n"
+                 f"c.Exchange.cache = {str(folder / 'students' / '.nbgrader-cache')!r}\n"
+                 "c.CollectApp.check_owner = False\n")
+    cfg = _nbgrader_config(folder, Config)
+    from nbgrader.apps.api import NbGraderAPI
+    from nbgrader.auth import Authenticator
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.exchange.default import ExchangeFetchAssignment, ExchangeSubmit
+
+    api = NbGraderAPI(coursedir=CourseDirectory(config=cfg), config=cfg)
+    _say(f"[2] nbgrader generate_assignment {A} && nbgrader release_assignment {A}")
+    for step, res in (("generate_assignment", api.generate_assignment(A)),
+                      ("release_assignment", api.release_assignment(A))):
+        if not res["success"]:
+            _say(res.get("log", "") + res.get("error", ""))
+            raise SystemExit(f"maestro demo: nbgrader {step} failed (log above)")
+
+    _say(f"[3] {len(STUDENTS)} students: nbgrader fetch_assignment {A}, their work, nbgrader submit {A}")
+    solutions = _solutions(folder / "source" / A / f"{A}.ipynb")
+    for s in STUDENTS:
+        scfg = Config(cfg)
+        scfg.Exchange.assignment_dir = str(folder / "students" / s.id)
+        Path(scfg.Exchange.assignment_dir).mkdir(parents=True)
+        coursedir = CourseDirectory(config=scfg)
+        coursedir.assignment_id, coursedir.student_id = A, s.id
+        auth = Authenticator(config=scfg)
+        ExchangeFetchAssignment(coursedir=coursedir, authenticator=auth, config=scfg).start()
+        _work(folder / "students" / s.id / A / f"{A}.ipynb", solutions, s)
+        ExchangeSubmit(coursedir=coursedir, authenticator=auth, config=scfg).start()
+        _say(f"      {s.id:<4} {s.story}")
+
+    _say(f"[4] nbgrader collect {A}")
+    res = api.collect(A)
+    if not res["success"]:
+        raise SystemExit("maestro demo: nbgrader collect failed:\n" + res.get("log", ""))
+
+    _say(f"[5] maestro autograde {A} --course {folder} --workers {workers} --timeout {timeout:g}"
+         "   (sandboxed; hidden data; scored outside the sandbox)")
+    outcomes = autograde(folder, A, workers=workers, timeout=timeout, home=home,
+                         log=lambda msg: _say("      " + msg))
+
+    _say(f"[6] nbgrader generate_feedback {A}   (Maestro's own pages: feedback/<student>/{A}/feedback.html)")
+    res = api.generate_feedback(A)
+    feedback_ok = bool(res["success"])
+    if not feedback_ok:
+        _say("      nbgrader generate_feedback failed:\n" + res.get("log", "")[-2000:])
+
+    _say(f"[7] maestro leaderboard {A} --course {folder}\n")
+    board = from_course(folder, A)
+    paths = write_all(board, folder / "leaderboard" / A)
+    print_board(board)
+
+    # the check: every student got what the demo expects
+    from .config import load_config
+
+    pass_score = load_config(folder / "source" / A / "grading.toml").pass_score
+    by_id = {o.student: o for o in outcomes}
+    _say("\nstudent  expected  score   outcome")
+    wrong = 0
+    for s in STUDENTS:
+        o = by_id.get(s.id)
+        if o is None:
+            ok, line = False, "not graded"
+        else:
+            ok = {"full": o.score >= 95, "pass": pass_score <= o.score < 95,
+                  "below": 0 < o.score < pass_score,
+                  "zero": o.score == 0 and s.why.lower() in _reason(folder, s.id).lower()}[s.expect]
+            ok = ok and o.state in ("graded", "failed")
+            line = (_reason(folder, s.id)[:110] or "graded").replace("\n", " ")
+        wrong += not ok
+        _say(f"{s.id:<8} {s.expect:<9} {o.score if o else 0:5.1f}   {'ok ' if ok else 'WRONG'} {line}")
+    wrong += not feedback_ok
+    took = time.perf_counter() - t0
+    _say(f"\nThe course is in {folder} (an ordinary nbgrader course: try `nbgrader formgrader` or "
+         "`maestro leaderboard --final`).")
+    _say(f"  feedback: {folder}/feedback/<student>/{A}/feedback.html and {A}.html (nbgrader's)")
+    _say(f"  leaderboard: {paths['html']} · {paths['png']} · {paths['csv']}")
+    _say(f"  gradebook: {info['gradebook']}")
+    _say(f"demo finished in {took:.0f} s: " + ("every outcome as expected" if not wrong
+                                                  else f"{wrong} outcome(s) NOT as expected"))
+    return 1 if wrong else 0
+
+
+def _reason(folder: Path, who: str) -> str:
+    import json
+
+    path = folder / "autograded" / who / A / "results.json"
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    meta = d.get("extra_data", {}).get("maestro", {})
+    first = d.get("tests", [{}])[0].get("output", "") if d.get("tests") else ""
+    return f"{meta.get('status', '?')}: {first}"
+
+
+def _nbgrader_config(folder: Path, Config):
+    """The course's nbgrader_config.py, loaded the way nbgrader loads it."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    cfg = PyFileConfigLoader("nbgrader_config.py", path=str(folder)).load_config()
+    return Config(cfg)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_course_demo(quick="--quick" in sys.argv))
