@@ -12,7 +12,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_
 .PHONY: install models demo test bench lint clean help
 
 help:
-	@echo "make demo   - install, build the model zoo, run the end-to-end demo"
+	@echo "make demo   - install, build the model zoo, run the course demo (7 students, autograde, leaderboard)"
 	@echo "make test   - install, build the model zoo, run the test suite"
 	@echo "make bench  - run the benchmarks (benchmarks/*.py)"
 	@echo "make lint   - ruff"
@@ -46,4 +46,4 @@ lint: install
 	$(BIN)/ruff check maestro autograder tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache maestro-demo-course

@@ -2,7 +2,7 @@
 
     maestro datasets list
     maestro models list | build [NAME ...] [--force] | info NAME
-    maestro demo [--quick]
+    maestro demo [--quick] [--dir DIR] [--zoo]
     maestro serve [COURSE_DIR]            (the model server; see maestro.server)
     maestro tokens create|list|revoke|import|usage
     maestro course init DIR [--assignments PATH]   (an nbgrader course folder; see autograder.course)
