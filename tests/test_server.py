@@ -131,6 +131,43 @@ def test_auth(server, http, digits):
     assert all(len(t["hash_prefix"]) == 12 for t in server.store.list_tokens())
 
 
+def test_no_token_is_401_whatever_the_body(server, http):
+    """The token is checked before the body is read: a malformed, huge or empty body without a
+    (valid) token is a 401, never a 400/413/422 that would tell the body was looked at."""
+    big = b'{"inputs": [' + b"0.5, " * 60_000 + b"0.5]}"  # over max_body_bytes
+    for path in ("/v1/tasks/digits-scores/predict", "/v1/tasks/nope/gradient", "/get_batch_output"):
+        for body in (b"{not json", b'{"inputs": 3}', b"", b"\xff\xfe", big):
+            for headers, why in (({}, "missing token"), (_auth("mt_wrong"), "invalid or revoked"),
+                                 ({"Authorization": "Basic dXNlcjpwdw=="}, "missing token")):
+                r = http.post(path, content=body, headers={**headers, "Content-Type": "application/json"})
+                assert r.status_code == 401 and why in r.json()["detail"], (path, body[:20], r.text)
+                assert r.headers["www-authenticate"] == "Bearer"
+    assert http.get("/v1/nothing-here").status_code == 401
+    h = _auth(server.store.create_token("body-checked"))
+    assert http.get("/v1/nothing-here", headers=h).status_code == 404
+    r = http.post("/v1/tasks/digits-scores/predict", content=b"{not json", headers={**h, "Content-Type": "application/json"})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+
+
+def test_openapi_declares_every_error_answer(http):
+    schema = http.get("/openapi.json").json()
+    error = {"$ref": "#/components/schemas/ErrorResponse"}
+    assert schema["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]["type"] == "string"
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # one error shape
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            if path == "/v1/health":
+                assert codes == {"200"}
+                continue
+            assert {"401", "422", "429"} <= codes, (method, path, codes)
+            if method == "post":
+                assert "413" in codes and "403" in codes and "404" in codes, (path, codes)
+            for code in codes - {"200"}:
+                assert op["responses"][code]["content"]["application/json"]["schema"] == error, (path, code)
+            assert op.get("security") == [{"HTTPBearer": []}], path
+
+
 def test_tasks_and_access(server, http, digits):
     h = _auth(server.store.create_token("access-student"))
     tasks = {t["name"]: t for t in http.get("/v1/tasks", headers=h).json()["tasks"]}

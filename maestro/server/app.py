@@ -1,11 +1,15 @@
 """The FastAPI application: ``create_app(config)``.
 
-Every endpoint under ``/v1`` needs ``Authorization: Bearer <token>``. Model calls validate
+Every endpoint under ``/v1`` (but ``/v1/health``) needs ``Authorization: Bearer <token>``,
+checked (with the rate limit) before the request body is even read. Model calls validate
 the inputs with the model's own validators (``prepare_inputs`` / ``prepare_labels``) and the
 task's :class:`~maestro.ThreatModel`, then reserve the inputs against the caller's budget with
-one atomic conditional UPDATE, and only then run the model. Errors: 401 (no or revoked token),
-403 (beyond the task's access level), 404 (unknown task), 413 (request too large), 422 (bad
-inputs, with the reason), 429 (budget spent, or the per-token rate limit).
+one atomic conditional UPDATE, and only then run the model. Errors, each ``{"detail": "<the
+reason>"}`` and declared in the OpenAPI schema: 401 (no or revoked token), 403 (beyond the
+task's access level, another role's operation, uploads after the deadline), 404 (unknown task,
+assignment or submission — another student's submission is "unknown" too), 413 (request too
+large), 422 (bad inputs, with the reason), 429 (budget or daily uploads spent, or the
+per-token rate limit).
 
 Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
 
@@ -20,12 +24,27 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
     GET  /v1/usage                       usage per student and task  (instructors)
     POST /get_batch_output, /get_batch_input_gradient   the original seed's names (task in the body)
 
+With ``[submissions]`` in server.toml (see :mod:`maestro.server.submissions`)::
+
+    GET  /v1/assignments, /v1/assignments/{id}     threat model, artifact spec, limits
+    GET  /v1/assignments/{id}/inputs               the hidden INPUTS (never labels), .npy
+    POST /v1/assignments/{id}/submissions          upload an artifact: 202 + submission id
+    GET  /v1/assignments/{id}/submissions          mine (instructors: everyone's)
+    GET  /v1/submissions/{id}                      status and result (own only)
+    GET  /v1/assignments/{id}/leaderboard          ranking JSON (instructors: ?final=true)
+    GET  /leaderboard/{id}, /leaderboard/{id}.json the live page and its data (no token
+                                                   needed with public_leaderboard = true)
+
 Arrays: JSON lists or ``{"npy_b64": ...}`` in requests; ``?format=npy`` for answers.
 
 The rate limit is a token bucket per token kept in memory in each server process: with N
 worker processes a token may reach N times the configured rate.
 """
 
+import contextlib
+import datetime as _dt
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -34,10 +53,12 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..text import TokenBatch
@@ -89,24 +110,69 @@ class AliasGradientRequest(GradientRequest):
     task: str
 
 
+class NpyPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    npy_b64: str = Field(..., description="base64 of a .npy file (np.save(buf, x_adv); no pickle)")
+
+
+class SubmissionRequest(BaseModel):
+    artifact: NpyPayload = Field(
+        ..., description="the assignment's artifact (GET /v1/assignments/{id}: file, dtype, shape), "
+        "row i made from row i of GET /v1/assignments/{id}/inputs")
+
+
+# -- errors (one shape, declared in the OpenAPI schema) ---------------------------------------
+class ErrorResponse(BaseModel):
+    detail: str = Field(..., description="why the request was refused, in words")
+
+
+_ERRORS = {
+    400: "malformed request (an invalid Content-Length)",
+    401: "no token, or an invalid or revoked one (sent before the body is read)",
+    403: "not allowed: beyond the task's access level, an instructor's operation, or too late",
+    404: "unknown task, assignment or submission (another student's is unknown too)",
+    413: "request body or batch too large",
+    422: "invalid request: the reason says which field and why",
+    429: "budget, daily uploads or rate limit spent (Retry-After on the rate limit)",
+}
+
+
+def _errors(*codes: int, token: bool = True) -> dict:
+    """OpenAPI ``responses`` for the error codes an operation may answer (``token``: it needs one,
+    so 401 and the rate limit's 429 apply)."""
+    codes = {422, *codes} | ({401, 429} if token else set())
+    return {c: {"model": ErrorResponse, "description": _ERRORS[c]} for c in sorted(codes)}
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid request"
+
+
 # -- middleware ------------------------------------------------------------------------------
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413 (declared or streamed)."""
+    """Refuse request bodies over ``max_bytes`` with 413 (declared or streamed); ``limit_for``
+    (scope -> bytes or None) may give some paths their own limit."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, limit_for=None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.limit_for = limit_for
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = (self.limit_for(scope) if self.limit_for else None) or self.max_bytes
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 return await _plain(send, 400, "invalid Content-Length")
-            if int(declared) > self.max_bytes:
-                return await _plain(send, 413, self._message(int(declared)))
+            if int(declared) > limit:
+                return await _plain(send, 413, self._message(int(declared), limit))
             return await self.app(scope, receive, send)
         # no declared length (chunked): read it, bounded, then replay it
         body, more = b"", True
@@ -116,8 +182,8 @@ class BodyLimit:
                 return
             body += msg.get("body", b"")
             more = msg.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await _plain(send, 413, self._message(None))
+            if len(body) > limit:
+                return await _plain(send, 413, self._message(None, limit))
         sent = False
 
         async def replay():
@@ -129,19 +195,52 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    def _message(self, size) -> str:
+    def _message(self, size, limit: int) -> str:
         got = f" ({size} bytes)" if size else ""
-        return (f"request body too large{got}: the limit is {self.max_bytes} bytes; "
-                "send fewer inputs per request or use {\"npy_b64\": ...}")
+        hint = ("send fewer inputs per request or use {\"npy_b64\": ...}" if limit == self.max_bytes
+                else "upload exactly the array the assignment asks for (GET /v1/assignments/{id})")
+        return f"request body too large{got}: the limit is {limit} bytes; {hint}"
 
 
-async def _plain(send, status: int, detail: str) -> None:
-    import json
-
+async def _plain(send, status: int, detail: str, headers: dict | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
+
+
+class Authenticate:
+    """Check the bearer token and the rate limit before anything reads the request body: no
+    token, or a bad one, is a 401 whatever the body. Paths for which ``public(path)`` is true
+    need no token. The caller is left in ``scope["state"]["caller"]``."""
+
+    def __init__(self, app, *, store: Store, limiter: "RateLimiter", public) -> None:
+        self.app = app
+        self.store = store
+        self.limiter = limiter
+        self.public = public
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.public(scope["path"]):
+            return await self.app(scope, receive, send)
+        challenge = {"WWW-Authenticate": "Bearer"}
+        value = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = value.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return await _plain(send, 401, "missing token: send 'Authorization: Bearer <token>'", challenge)
+        who = await run_in_threadpool(self.store.authenticate, token)
+        if who is None:
+            return await _plain(send, 401, "invalid or revoked token", challenge)
+        wait = self.limiter.check(who.token_id)
+        if wait > 0:
+            return await _plain(
+                send, 429, f"rate limit: at most {self.limiter.rate:g} requests per second per token; "
+                f"retry in {wait:.2f}s", {"Retry-After": str(max(1, math.ceil(wait)))})
+        scope.setdefault("state", {})["caller"] = who
+        return await self.app(scope, receive, send)
 
 
 class RateLimiter:
@@ -221,7 +320,9 @@ def _unprocessable(msg: str) -> HTTPException:
 
 
 def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
-    """The Maestro model server for ``config`` (models are loaded now, once per model name)."""
+    """The Maestro model server for ``config`` (models, and the hidden data of the submitted
+    assignments, are loaded now, once per model name). Graders start with the app (its
+    lifespan) and stop with it, unfinished submissions going back to the queue."""
     from ..models import load
 
     store = store or Store(config.database_url)
@@ -234,34 +335,71 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         served[name].max_batch = config.max_batch
     limiter = RateLimiter(config.rate_limit, config.rate_burst)
 
+    subcfg = config.submissions
+    assignments: dict = {}
+    grader = subs = boards = None
+    if subcfg is not None:
+        from .db import Submissions
+        from .submissions import Grader, Leaderboards, load_assignments
+
+        assignments = load_assignments(subcfg, config.course, config.home)
+        subs = Submissions(store)
+        grader = Grader(subs, assignments, subcfg.workers)
+        boards = Leaderboards(subs, assignments)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if grader is not None:
+            await run_in_threadpool(grader.start)
+        try:
+            yield
+        finally:
+            if grader is not None:
+                await run_in_threadpool(grader.stop)
+
     app = FastAPI(
         title="Maestro model server",
         version=__version__,
-        description="Query course models at the access level and budget each task allows. "
+        description="Query course models at the access level and budget each task allows; upload "
+        "assignment artifacts to be graded; follow the leaderboards. "
         "Authenticate with `Authorization: Bearer <token>` (from `maestro tokens create`).",
+        lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    public_paths = {"/v1/health", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+
+    def is_public(path: str) -> bool:
+        if path in public_paths:
+            return True
+        return bool(subcfg and subcfg.public_leaderboard and path.startswith("/leaderboard/"))
+
+    def body_limit(scope) -> int | None:
+        parts = scope["path"].split("/")
+        if (scope["method"] == "POST" and len(parts) == 5 and parts[1:3] == ["v1", "assignments"]
+                and parts[4] == "submissions" and parts[3] in assignments):
+            return assignments[parts[3]].max_upload_bytes
+        return None
+
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, limit_for=body_limit)
+    app.add_middleware(Authenticate, store=store, limiter=limiter, public=is_public)  # outermost
     app.state.store = store
     app.state.config = config
     app.state.served = served
+    app.state.assignments = assignments
+    app.state.grader = grader
     bearer = HTTPBearer(auto_error=False, description="a token from `maestro tokens create`")
 
-    def caller(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
-        if creds is None or not creds.credentials:
+    def caller(request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+        who = getattr(request.state, "caller", None)  # set by Authenticate, before the body was read
+        if who is None:
             raise HTTPException(401, "missing token: send 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        who = store.authenticate(creds.credentials)
-        if who is None:
-            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        wait = limiter.check(who.token_id)
-        if wait > 0:
-            raise HTTPException(
-                429, f"rate limit: at most {limiter.rate:g} requests per second per token; retry in {wait:.2f}s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
         return who
 
     Who = Annotated[Caller, Depends(caller)]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
 
     def budget_of(who: Caller, task: Served) -> int | None:
         return None if who.is_instructor else task.cfg.budget
@@ -411,34 +549,39 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
 
     @app.get("/v1/health", tags=["server"])
     def health() -> dict:
-        return {"status": "ok", "version": __version__, "tasks": len(served)}
+        return {"status": "ok", "version": __version__, "tasks": len(served), "assignments": len(assignments)}
 
-    @app.get("/v1/tasks", tags=["tasks"])
+    @app.get("/v1/tasks", tags=["tasks"], responses=_errors())
     def list_tasks(who: Who) -> dict:
         return {"tasks": [t.info(store.used(who.token_id, n), budget_of(who, t)) for n, t in served.items()]}
 
-    @app.get("/v1/tasks/{task}", tags=["tasks"])
+    @app.get("/v1/tasks/{task}", tags=["tasks"], responses=_errors(404))
     def task_info(who: Who, task: str = TaskName) -> dict:
         t = get_task(task)
         return t.info(store.used(who.token_id, task), budget_of(who, t))
 
-    @app.post("/v1/tasks/{task}/predict", tags=["model"], summary="predicted labels (any access)")
+    @app.post("/v1/tasks/{task}/predict", tags=["model"], summary="predicted labels (any access)",
+               responses=_errors(400, 403, 404, 413))
     def predict(who: Who, body: ModelRequest, task: str = TaskName, format: Fmt = FormatQ):
         return model_call(who, get_task(task), "predict", body, format)
 
-    @app.post("/v1/tasks/{task}/proba", tags=["model"], summary="class probabilities (scores access)")
+    @app.post("/v1/tasks/{task}/proba", tags=["model"], summary="class probabilities (scores access)",
+               responses=_errors(400, 403, 404, 413))
     def proba(who: Who, body: ModelRequest, task: str = TaskName, format: Fmt = FormatQ):
         return model_call(who, get_task(task), "proba", body, format)
 
-    @app.post("/v1/tasks/{task}/logits", tags=["model"], summary="raw class scores (scores access)")
+    @app.post("/v1/tasks/{task}/logits", tags=["model"], summary="raw class scores (scores access)",
+               responses=_errors(400, 403, 404, 413))
     def logits(who: Who, body: ModelRequest, task: str = TaskName, format: Fmt = FormatQ):
         return model_call(who, get_task(task), "logits", body, format)
 
-    @app.post("/v1/tasks/{task}/gradient", tags=["model"], summary="input gradient of the loss (white-box)")
+    @app.post("/v1/tasks/{task}/gradient", tags=["model"], summary="input gradient of the loss (white-box)",
+               responses=_errors(400, 403, 404, 413))
     def gradient(who: Who, body: GradientRequest, task: str = TaskName, format: Fmt = FormatQ):
         return model_call(who, get_task(task), "gradient", body, format)
 
-    @app.post("/v1/tasks/{task}/tokenize", tags=["text"], summary="token ids and mask (text tasks)")
+    @app.post("/v1/tasks/{task}/tokenize", tags=["text"], summary="token ids and mask (text tasks)",
+               responses=_errors(400, 403, 404, 413))
     def tokenize(who: Who, body: TokenizeRequest, task: str = TaskName, format: Fmt = FormatQ):
         t = get_task(task)
         require(t, "tokenize", "labels")
@@ -449,7 +592,8 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         return {"input_ids": arrays.encode(tb.input_ids.numpy(), format),
                 "attention_mask": arrays.encode(tb.attention_mask.numpy(), format)}
 
-    @app.post("/v1/tasks/{task}/detokenize", tags=["text"], summary="texts from token ids (text tasks)")
+    @app.post("/v1/tasks/{task}/detokenize", tags=["text"], summary="texts from token ids (text tasks)",
+               responses=_errors(400, 403, 404, 413))
     def detokenize(who: Who, body: DetokenizeRequest, task: str = TaskName):
         t = get_task(task)
         require(t, "detokenize", "labels")
@@ -460,13 +604,15 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
             raise _unprocessable(f"input_ids: token ids must lie in [0, {vocab - 1}]")
         return {"texts": t.model.detokenize(tb)}
 
-    @app.get("/v1/tasks/{task}/embedding", tags=["text"], summary="the input embedding matrix V×D (white-box)")
+    @app.get("/v1/tasks/{task}/embedding", tags=["text"], summary="the input embedding matrix V×D (white-box)",
+              responses=_errors(403, 404))
     def embedding(who: Who, task: str = TaskName, format: Fmt = FormatQ):
         t = get_task(task)
         require(t, "embedding", "white-box")
         return {"embedding": arrays.encode(t.model.embedding_matrix().cpu().numpy(), format)}
 
-    @app.post("/v1/tasks/{task}/embedding", tags=["text"], summary="input token embeddings B×T×D (white-box)")
+    @app.post("/v1/tasks/{task}/embedding", tags=["text"], summary="input token embeddings B×T×D (white-box)",
+               responses=_errors(400, 403, 404, 413))
     def embeddings(who: Who, body: ModelRequest, task: str = TaskName, format: Fmt = FormatQ):
         t = get_task(task)
         require(t, "embedding", "white-box")
@@ -474,22 +620,28 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         return {"embeddings": arrays.encode(t.model.embeddings(x).cpu().numpy(), format),
                 "attention_mask": arrays.encode(x.attention_mask.cpu().numpy(), format)}
 
-    @app.get("/v1/usage", tags=["server"], summary="usage per student and task (instructors)")
+    @app.get("/v1/usage", tags=["server"], summary="usage per student and task (instructors)",
+             responses=_errors(403))
     def usage(who: Who):
         if not who.is_instructor:
             raise HTTPException(403, "usage needs an instructor token")
         return {"usage": store.usage_table()}
 
     # aliases for the original seed's names (task in the body)
-    @app.post("/get_batch_output", tags=["aliases"], summary="alias: scores where allowed, else labels")
+    @app.post("/get_batch_output", tags=["aliases"], summary="alias: scores where allowed, else labels",
+              responses=_errors(400, 403, 404, 413))
     def get_batch_output(who: Who, body: AliasOutputRequest, format: Fmt = FormatQ):
         t = get_task(body.task)
         op = "proba" if _RANK[t.cfg.access] >= _RANK["scores"] else "predict"
         return model_call(who, t, op, body, format)
 
-    @app.post("/get_batch_input_gradient", tags=["aliases"], summary="alias of /v1/tasks/{task}/gradient")
+    @app.post("/get_batch_input_gradient", tags=["aliases"], summary="alias of /v1/tasks/{task}/gradient",
+              responses=_errors(400, 403, 404, 413))
     def get_batch_input_gradient(who: Who, body: AliasGradientRequest, format: Fmt = FormatQ):
         return model_call(who, get_task(body.task), "gradient", body, format)
+
+    if subcfg is not None:
+        _submission_routes(app, Who, store, subcfg, assignments, subs, grader, boards)
 
     @app.exception_handler(Exception)
     async def server_fault(request: Request, exc: Exception):  # a bug, never bad input
@@ -497,6 +649,148 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     return app
+
+
+def _day_key(assignment: str, now: _dt.datetime) -> str:
+    """The usage-table key counting a token's uploads of ``assignment`` on one UTC day."""
+    key = f"submit:{now.date().isoformat()}:{assignment}"
+    return key if len(key) <= 64 else key[:18] + hashlib.sha256(assignment.encode()).hexdigest()[:40]
+
+
+def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dict, subs, grader, boards) -> None:
+    """The ``[submissions]`` endpoints (see the module docstring)."""
+    from autograder.leaderboard import pseudonym, render_html
+
+    from .submissions import ArtifactRejected, check_artifact, student_view
+
+    AssignmentId = Path(..., description="an assignment id from GET /v1/assignments")
+    InputsFormat = Query("npy", description="'npy' ({\"npy_b64\": ...}, the default) or 'json'")
+
+    def get_assignment(ident: str):
+        a = assignments.get(ident)
+        if a is None:
+            raise HTTPException(404, f"unknown assignment {ident!r}; assignments: {', '.join(sorted(assignments))}")
+        return a
+
+    def name_of(who: Caller, a) -> str:
+        return pseudonym(who.student, a.secret) if subcfg.pseudonyms else who.student
+
+    def info(who: Caller, a) -> dict:
+        out = a.info(subcfg)
+        if not who.is_instructor:
+            used = store.used(who.token_id, _day_key(a.id, _dt.datetime.now(_dt.UTC)))
+            out["uploads_today"] = used
+            out["uploads_left_today"] = max(0, subcfg.max_per_day - used) if subcfg.max_per_day else None
+            out["leaderboard_name"] = name_of(who, a)
+        return out
+
+    def view(who: Caller, row: dict) -> dict:
+        a = assignments.get(row["assignment"])
+        name = None
+        if a is not None and not who.is_instructor:
+            name = name_of(who, a)
+        return student_view(row, final=subcfg.is_final(), instructor=who.is_instructor, pseudonym=name)
+
+    @app.get("/v1/assignments", tags=["submissions"], summary="the assignments that take uploads",
+             responses=_errors())
+    def list_assignments(who: Who) -> dict:
+        return {"assignments": [info(who, a) for a in assignments.values()]}
+
+    @app.get("/v1/assignments/{assignment}", tags=["submissions"],
+             summary="threat model, artifact spec, limits and deadline", responses=_errors(404))
+    def assignment_info(who: Who, assignment: str = AssignmentId) -> dict:
+        return info(who, get_assignment(assignment))
+
+    @app.get("/v1/assignments/{assignment}/inputs", tags=["submissions"],
+             summary="the hidden inputs to attack (never their labels)", responses=_errors(404))
+    def assignment_inputs(who: Who, assignment: str = AssignmentId,
+                          format: Fmt = InputsFormat):
+        a = get_assignment(assignment)
+        x = {"npy_b64": a.inputs_npy_b64()} if format == "npy" else arrays.encode(
+            a.hidden.x.numpy().astype(a.spec.dtype), "json")
+        return {"assignment": a.id, "inputs": x, "shape": list(a.hidden.x.shape), "dtype": a.spec.dtype,
+                "threat": a.info(subcfg)["threat"]}
+
+    @app.post("/v1/assignments/{assignment}/submissions", tags=["submissions"], status_code=202,
+              summary="upload an artifact; it is graded in the background",
+              responses=_errors(400, 403, 404, 413))
+    def submit(who: Who, body: SubmissionRequest, response: Response, assignment: str = AssignmentId) -> dict:
+        a = get_assignment(assignment)
+        now = _dt.datetime.now(_dt.UTC)
+        if subcfg.past_deadline(now) and not who.is_instructor:
+            raise HTTPException(403, f"the deadline of {a.id} ({subcfg.deadline.isoformat()}) has passed: "
+                                "uploads are closed")
+        try:
+            data, digest = check_artifact(a, body.artifact.npy_b64)
+        except ArtifactRejected as err:
+            raise _unprocessable(str(err)) from None
+        limit = None if who.is_instructor or not subcfg.max_per_day else subcfg.max_per_day
+        key = _day_key(a.id, now)
+        if not store.reserve(who.token_id, key, 1, limit):
+            midnight = _dt.datetime.combine(now.date() + _dt.timedelta(days=1), _dt.time(), _dt.UTC)
+            left = int((midnight - now).total_seconds())
+            raise HTTPException(429, f"upload limit: at most {limit} uploads of {a.id} per day (UTC); "
+                                f"the next one from 00:00 UTC, in {left // 3600}h{left % 3600 // 60:02d}m; "
+                                "nothing was stored")
+        try:
+            row = subs.add(assignment=a.id, student=who.student, token_id=who.token_id, sha256=digest, data=data)
+        except Exception:
+            store.refund(who.token_id, key, 1)
+            raise
+        grader.wake()
+        url = f"/v1/submissions/{row['id']}"
+        response.headers["Location"] = url
+        return {**view(who, row), "url": url}
+
+    @app.get("/v1/assignments/{assignment}/submissions", tags=["submissions"],
+             summary="my submissions (instructors: everyone's, or one student's)", responses=_errors(403, 404))
+    def list_submissions(who: Who, assignment: str = AssignmentId,
+                         student: str | None = Query(None, description="instructors: one student's only")) -> dict:
+        get_assignment(assignment)
+        if student is not None and not who.is_instructor:
+            raise HTTPException(403, "student= needs an instructor token")
+        rows = subs.list(assignment, student if who.is_instructor else who.student)
+        return {"assignment": assignment, "submissions": [view(who, r) for r in rows]}
+
+    @app.get("/v1/submissions/{submission}", tags=["submissions"], summary="a submission's status and result",
+             responses=_errors(404))
+    def get_submission(who: Who, submission: str = Path(..., description="the id POST .../submissions gave")) -> dict:
+        row = subs.get(submission)
+        if row is None or (not who.is_instructor and row["student"] != who.student):
+            raise HTTPException(404, f"no submission {submission!r} of yours")
+        return view(who, row)
+
+    @app.get("/v1/assignments/{assignment}/leaderboard", tags=["leaderboard"],
+             summary="the ranking: best graded submission per student", responses=_errors(403, 404))
+    def leaderboard(who: Who, assignment: str = AssignmentId,
+                    final: bool | None = Query(None, description="instructors: the private-part ranking before "
+                                               "the deadline (default: the server's)")) -> dict:
+        get_assignment(assignment)
+        is_final = subcfg.is_final()
+        if final is not None and final != is_final and not who.is_instructor:
+            raise HTTPException(403, "only instructors may choose final=; students see the server's ranking")
+        final = is_final if final is None else final
+        board = boards.board(assignment, final=final, pseudonyms=subcfg.pseudonyms and not who.is_instructor)
+        return board.as_dict()
+
+    # public (no token) with public_leaderboard = true; else for token holders (API clients)
+    public = subcfg.public_leaderboard
+    guard = None if public else [Who.__metadata__[0]]
+
+    @app.get("/leaderboard/{assignment}.json", tags=["leaderboard"], summary="the ranking the live page shows",
+             responses=_errors(404, token=not public), dependencies=guard)
+    def public_leaderboard_json(assignment: str = AssignmentId) -> dict:
+        get_assignment(assignment)
+        return boards.board(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms).as_dict()
+
+    @app.get("/leaderboard/{assignment}", tags=["leaderboard"], response_class=HTMLResponse,
+             summary="the live leaderboard page (phone-friendly; refreshes itself)",
+             responses=_errors(404, token=not public), dependencies=guard)
+    def public_leaderboard_page(assignment: str = AssignmentId):
+        get_assignment(assignment)
+        board = boards.board(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms)
+        page = render_html(board, live_url=f"{assignment}.json", refresh_s=subcfg.refresh_s)
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
 def app_from_env() -> FastAPI:

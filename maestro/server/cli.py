@@ -1,11 +1,13 @@
 """``maestro serve`` and ``maestro tokens``: run the model server and manage student tokens.
 
-    maestro serve [COURSE_DIR] [--host 127.0.0.1] [--port 8000] [--workers 1]
+    maestro serve [COURSE_DIR | --course DIR] [--host 127.0.0.1] [--port 8000] [--workers 1]
     maestro tokens create STUDENT [--instructor] [--course DIR]
     maestro tokens list | revoke STUDENT_OR_ID | import STUDENTS.csv | usage
 
-The course directory holds ``server.toml`` (see :mod:`maestro.server.config`); tokens are
-printed once, at creation, and only their sha256 is stored.
+The course directory holds ``server.toml`` (see :mod:`maestro.server.config`); a course folder
+made by ``maestro course init`` needs none: it is served with submissions (and a live
+leaderboard) for every assignment. Tokens are printed once, at creation, and only their sha256
+is stored.
 """
 
 from __future__ import annotations
@@ -39,12 +41,22 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     from pathlib import Path
 
-    cfg = _config(args.course)  # fail early, with a clear message, on a bad config
+    if args.course and args.course_option and Path(args.course) != Path(args.course_option):
+        raise ValueError("give the course directory once: COURSE_DIR or --course DIR")
+    course = args.course or args.course_option
+    cfg = _config(course)  # fail early, with a clear message, on a bad config
     if args.home:
         os.environ["MAESTRO_HOME"] = str(Path(args.home).expanduser())
-    os.environ["MAESTRO_SERVER_CONFIG"] = str(cfg.course_dir / "server.toml")
-    print(f"maestro server: {len(cfg.tasks)} task(s) ({', '.join(cfg.tasks)}) on http://{args.host}:{args.port}",
-          file=sys.stderr)
+    toml = cfg.course_dir / "server.toml"
+    os.environ["MAESTRO_SERVER_CONFIG"] = str(toml if toml.is_file() else cfg.course_dir)
+    what = [f"{len(cfg.tasks)} task(s)" + (f" ({', '.join(cfg.tasks)})" if cfg.tasks else "")]
+    if cfg.submissions:
+        what.append(f"submissions for {', '.join(cfg.submissions.assignments)}")
+    base = f"http://{args.host}:{args.port}"
+    print(f"maestro server: {'; '.join(what)} on {base}", file=sys.stderr)
+    if cfg.submissions and cfg.submissions.public_leaderboard:
+        for a in cfg.submissions.assignments:
+            print(f"  leaderboard: {base}/leaderboard/{a}", file=sys.stderr)
     uvicorn.run("maestro.server.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
     return 0
@@ -99,7 +111,10 @@ def add_commands(sub) -> None:
 
     serve = sub.add_parser("serve", help="run the model server for a course directory")
     serve.add_argument("course", nargs="?", default=None, metavar="COURSE_DIR",
-                       help="directory with server.toml (default: the current directory)")
+                       help="directory with server.toml, or a `maestro course init` course "
+                       "(default: the current directory)")
+    serve.add_argument("--course", dest="course_option", default=None, metavar="DIR",
+                       help="the same as COURSE_DIR")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (budgets stay exact)")

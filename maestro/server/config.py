@@ -15,11 +15,25 @@ A course directory holds ``server.toml``::
     budget = 10000                              # inputs per student (omit: unlimited)
     threat = { norm = "linf", eps = 0.1 }       # ThreatModel fields
 
-A relative SQLite path is taken relative to the course directory.
+    [submissions]                               # graded uploads and leaderboards (optional)
+    assignments = ["01-whitebox"]               # ids under COURSE/source/ (a `maestro course init` course)
+    course = "."                                # the course folder (default: this file's folder)
+    max_per_day = 20                            # uploads per token, assignment and UTC day (0: unlimited)
+    pseudonyms = true                           # leaderboards show made-up names (keyed by the course secret)
+    public_leaderboard = true                   # /leaderboard/ID (HTML) and /leaderboard/ID.json without a token
+    final = false                               # true: rank by the private part, show students everything
+    deadline = 2026-12-01T23:59:00Z             # optional: uploads refused after it, then final
+    workers = 1                                 # grading threads per server process
+    refresh_s = 10                              # how often the leaderboard page refetches its data
+
+A relative SQLite path is taken relative to the course directory. A server needs tasks, or
+[submissions], or both. A course folder made by ``maestro course init`` with no server.toml is
+served as if it held ``[submissions] assignments = [every assignment in source/]``.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import re
 import tomllib
@@ -79,8 +93,61 @@ class TaskConfig:
 
 
 @dataclass
+class SubmissionsConfig:
+    """[submissions]: which assignments take uploaded artifacts, graded by the trusted scorer."""
+
+    assignments: list[str]
+    course: Path | None = None        # the course folder; relative: to server.toml's folder
+    max_per_day: int = 20             # per token, assignment and UTC day; 0: unlimited
+    pseudonyms: bool = True
+    public_leaderboard: bool = True
+    final: bool = False
+    deadline: _dt.datetime | None = None
+    workers: int = 1
+    refresh_s: int = 10
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.assignments, list) or not self.assignments
+                or not all(isinstance(a, str) and _TASK_NAME.match(a) for a in self.assignments)):
+            raise ValueError("[submissions] assignments: a non-empty list of assignment ids such as "
+                             f"[\"01-whitebox\"] (folders under COURSE/source/), got {self.assignments!r}")
+        if len(set(self.assignments)) != len(self.assignments):
+            raise ValueError(f"[submissions] assignments: listed twice in {self.assignments!r}")
+        for key, low in (("max_per_day", 0), ("workers", 1), ("refresh_s", 1)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"[submissions] {key} must be an int ≥ {low}, got {v!r}")
+        for key in ("pseudonyms", "public_leaderboard", "final"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"[submissions] {key} must be true or false, got {getattr(self, key)!r}")
+        if self.course is not None:
+            if not isinstance(self.course, (str, os.PathLike)):
+                raise ValueError(f"[submissions] course must be a folder path, got {self.course!r}")
+            self.course = Path(self.course).expanduser()
+        if self.deadline is not None:
+            when = self.deadline
+            if isinstance(when, str):
+                try:
+                    when = _dt.datetime.fromisoformat(when)
+                except ValueError:
+                    raise ValueError(f"[submissions] deadline {when!r}: not an ISO 8601 time such as "
+                                     "2026-12-01T23:59:00Z") from None
+            if not isinstance(when, _dt.datetime) or when.tzinfo is None:
+                raise ValueError(f"[submissions] deadline {self.deadline!r}: give a date and time with "
+                                 "its time zone, such as 2026-12-01T23:59:00Z or 2026-12-01T23:59:00+01:00")
+            self.deadline = when.astimezone(_dt.UTC)
+
+    def is_final(self, now: _dt.datetime | None = None) -> bool:
+        """Ranked on the private part (and results shown whole): ``final``, or past the deadline."""
+        return self.final or self.past_deadline(now)
+
+    def past_deadline(self, now: _dt.datetime | None = None) -> bool:
+        return self.deadline is not None and (now or _dt.datetime.now(_dt.UTC)) >= self.deadline
+
+
+@dataclass
 class ServerConfig:
-    """The whole server: tasks, database URL and limits."""
+    """The whole server: tasks, submissions, database URL and limits."""
 
     tasks: dict[str, TaskConfig]
     course_dir: Path = field(default_factory=Path.cwd)
@@ -90,11 +157,13 @@ class ServerConfig:
     rate_burst: int | None = None
     max_batch: int = 1024
     home: str | None = None  # $MAESTRO_HOME for the models
+    submissions: SubmissionsConfig | None = None
 
     def __post_init__(self) -> None:
         self.course_dir = Path(self.course_dir).expanduser()
-        if not self.tasks:
-            raise ValueError("the server config lists no tasks: add a [tasks.NAME] table")
+        if not self.tasks and self.submissions is None:
+            raise ValueError("the server config lists no tasks and no [submissions]: add a [tasks.NAME] "
+                             "table or a [submissions] table")
         for key in ("max_body_bytes", "max_batch"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -114,13 +183,21 @@ class ServerConfig:
                 return "sqlite:///" + str((self.course_dir / path).resolve())
         return url
 
+    @property
+    def course(self) -> Path:
+        """The course folder of the submitted assignments (``[submissions] course``)."""
+        course = self.submissions.course if self.submissions and self.submissions.course else Path(".")
+        return (self.course_dir / course).resolve()
+
     @classmethod
     def from_dict(cls, data: dict, course_dir: str | os.PathLike | None = None) -> ServerConfig:
         data = dict(data)
         server = dict(data.pop("server", {}))
         tasks_raw = data.pop("tasks", {})
+        subs_raw = data.pop("submissions", None)
         if data:
-            raise ValueError(f"unknown top-level keys in the server config: {sorted(data)}; use [server] and [tasks.NAME]")
+            raise ValueError(f"unknown top-level keys in the server config: {sorted(data)}; use [server], "
+                             "[tasks.NAME] and [submissions]")
         if not isinstance(tasks_raw, dict):
             raise ValueError("[tasks] must be a table of [tasks.NAME] tables")
         tasks = {}
@@ -139,13 +216,29 @@ class ServerConfig:
         extra = set(server) - allowed
         if extra:
             raise ValueError(f"[server]: unknown keys {sorted(extra)}; use {sorted(allowed)}")
-        return cls(tasks=tasks, course_dir=Path(course_dir) if course_dir else Path.cwd(), **server)
+        submissions = None
+        if subs_raw is not None:
+            if not isinstance(subs_raw, dict):
+                raise ValueError("[submissions] must be a table")
+            known = set(SubmissionsConfig.__dataclass_fields__)
+            extra = set(subs_raw) - known
+            if extra:
+                raise ValueError(f"[submissions]: unknown keys {sorted(extra)}; use {sorted(known)}")
+            if "assignments" not in subs_raw:
+                raise ValueError("[submissions]: 'assignments' is required, e.g. assignments = [\"01-whitebox\"]")
+            submissions = SubmissionsConfig(**subs_raw)
+        return cls(tasks=tasks, course_dir=Path(course_dir) if course_dir else Path.cwd(), submissions=submissions,
+                   **server)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ServerConfig:
         """Read ``server.toml`` (or a course directory containing it)."""
         path = Path(path).expanduser()
         if path.is_dir():
+            found = sorted(p.parent.name for p in path.glob("source/*/grading.toml"))
+            if not (path / CONFIG_NAME).is_file() and (path / "maestro.toml").is_file() and found:
+                # a `maestro course init` course: take submissions for every assignment
+                return cls.from_dict({"submissions": {"assignments": found}}, course_dir=path)
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no server config at {path}: write a {CONFIG_NAME} (see maestro.server.config)")

@@ -1,4 +1,5 @@
-"""Token and usage storage (SQLAlchemy Core): SQLite by default, any SQLAlchemy URL works.
+"""Token and usage storage (SQLAlchemy Core): SQLite by default, any SQLAlchemy URL works;
+PostgreSQL (``postgresql://USER@HOST/DB``, psycopg 3) for several server processes or machines.
 
 Only the sha256 of a token is stored, never the token. A budget reservation is a single
 conditional ``UPDATE usage SET used = used + n WHERE ... AND used + n <= budget``, checked
@@ -27,9 +28,11 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
+import sqlalchemy as sa  # the submissions section below
 
 ROLES = ("student", "instructor")
 metadata = MetaData()
@@ -76,6 +79,7 @@ class Store:
     """Tokens and per-(token, task) usage counters in one database."""
 
     def __init__(self, url: str) -> None:
+        url = with_driver(url)
         kwargs: dict = {}
         if url.startswith("sqlite"):
             if url.startswith("sqlite:///") and url not in ("sqlite://", "sqlite:///:memory:"):
@@ -84,7 +88,7 @@ class Store:
         self.engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        _create_tables(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -209,6 +213,32 @@ class Store:
             return [dict(r) for r in conn.execute(q).mappings()]
 
 
+# -- PostgreSQL ------------------------------------------------------------------------------
+#: pg_advisory_xact_lock key ("maestro" in ASCII) taken around CREATE TABLE
+_DDL_LOCK = 0x6D61657374726F
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` (or ``postgres://``) gets the psycopg (v3) driver of the ``server``
+    extra; SQLAlchemy's default would be psycopg2, which is not installed."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def _create_tables(engine) -> None:
+    """Create the missing tables. Server processes starting together on a fresh PostgreSQL
+    database would race (each sees no table, the second CREATE TABLE fails on pg_type's unique
+    index): there a transaction-scoped advisory lock serialises them, and DDL is transactional."""
+    if engine.dialect.name != "postgresql":
+        metadata.create_all(engine)
+        return
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+        metadata.create_all(conn)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -218,3 +248,163 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+# -- submissions (uploaded artifacts graded by the trusted scorer; maestro.server.submissions) --
+SUBMISSION_STATES = ("queued", "grading", "graded", "failed")
+
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("id", String(32), primary_key=True),          # random, not guessable
+    Column("assignment", String(64), nullable=False, index=True),
+    Column("student", String(200), nullable=False, index=True),
+    Column("token_id", Integer, ForeignKey("tokens.id"), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("created", DateTime, nullable=False),          # UTC
+    Column("claimed_at", DateTime, nullable=True),        # when a grader took it (UTC)
+    Column("worker", String(100), nullable=True),         # which grader: host:pid:random
+    Column("graded_at", DateTime, nullable=True),
+    Column("sha256", String(64), nullable=False),         # of the uploaded .npy
+    Column("score", sa.Float, nullable=True),
+    Column("max_score", sa.Float, nullable=True),
+    Column("reason", sa.Text, nullable=False, default=""),  # why it failed (grader errors)
+    Column("result", sa.Text, nullable=True),              # JSON: every part, instructor view
+    Column("entry", sa.Text, nullable=True),               # JSON: the leaderboard Entry
+)
+
+# the uploaded bytes, kept only until the submission is graded
+submission_artifacts = Table(
+    "submission_artifacts",
+    metadata,
+    Column("submission_id", String(32), ForeignKey("submissions.id"), primary_key=True),
+    Column("data", sa.LargeBinary, nullable=False),
+)
+
+_PUBLIC_COLUMNS = [c for c in submissions.c if c.name not in ("token_id", "worker", "claimed_at")]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Submissions:
+    """The submission queue in the server's database (shared by every server process).
+
+    A grader takes the oldest queued submission with one conditional UPDATE (``status =
+    'queued'`` → ``'grading'``, checked through its rowcount), so two graders, in one process or
+    in several, never grade the same one. The artifact's bytes are deleted once it is graded.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.engine = store.engine
+
+    def add(self, *, assignment: str, student: str, token_id: int, sha256: str, data: bytes) -> dict:
+        sid = secrets.token_hex(8)
+        row = {"id": sid, "assignment": assignment, "student": student, "token_id": token_id,
+               "status": "queued", "created": _utcnow(), "sha256": sha256, "reason": ""}
+        with self.engine.begin() as conn:
+            conn.execute(insert(submissions).values(**row))
+            conn.execute(insert(submission_artifacts).values(submission_id=sid, data=data))
+        return self.get(sid)
+
+    def claim(self, worker: str, assignments: list[str]) -> tuple[dict, bytes] | None:
+        """Take the oldest queued submission of ``assignments`` for ``worker``: (row, bytes)."""
+        while True:
+            with self.engine.begin() as conn:
+                sid = conn.execute(
+                    select(submissions.c.id)
+                    .where((submissions.c.status == "queued") & submissions.c.assignment.in_(assignments))
+                    .order_by(submissions.c.created, submissions.c.id).limit(1)
+                ).scalar()
+                if sid is None:
+                    return None
+                taken = conn.execute(
+                    update(submissions).where((submissions.c.id == sid) & (submissions.c.status == "queued"))
+                    .values(status="grading", worker=worker, claimed_at=_utcnow())
+                ).rowcount
+                if taken != 1:
+                    continue  # another grader was faster: look again
+                data = conn.execute(select(submission_artifacts.c.data)
+                                    .where(submission_artifacts.c.submission_id == sid)).scalar()
+            row = self.get(sid)
+            if data is None:  # cannot happen through this class; never grade nothing
+                self.finish(sid, worker, status="failed", reason="the uploaded artifact is missing")
+                continue
+            return row, bytes(data)
+
+    def finish(self, sid: str, worker: str, *, status: str, score: float | None = None,
+               max_score: float | None = None, reason: str = "", result: str | None = None,
+               entry: str | None = None) -> bool:
+        """Record the grade of a submission ``worker`` holds; its bytes are dropped."""
+        if status not in ("graded", "failed"):
+            raise ValueError(f"finish: status must be 'graded' or 'failed', got {status!r}")
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(submissions)
+                .where((submissions.c.id == sid) & (submissions.c.status == "grading")
+                       & (submissions.c.worker == worker))
+                .values(status=status, score=score, max_score=max_score, reason=reason, result=result,
+                        entry=entry, graded_at=_utcnow())
+            ).rowcount == 1
+            if done:
+                conn.execute(sa.delete(submission_artifacts).where(submission_artifacts.c.submission_id == sid))
+        return done
+
+    def requeue(self, *, worker: str | None = None, older_than: datetime | None = None,
+                workers: list[str] | None = None) -> int:
+        """Put submissions left in 'grading' back in the queue: those of ``worker``, of any of
+        ``workers``, or claimed before ``older_than`` (UTC). Returns how many."""
+        cond = submissions.c.status == "grading"
+        which = []
+        if worker is not None:
+            which.append(submissions.c.worker == worker)
+        if workers:
+            which.append(submissions.c.worker.in_(workers))
+        if older_than is not None:
+            which.append(submissions.c.claimed_at < older_than)
+        if not which:
+            return 0
+        with self.engine.begin() as conn:
+            return int(conn.execute(update(submissions).where(cond & sa.or_(*which))
+                                    .values(status="queued", worker=None, claimed_at=None)).rowcount)
+
+    def graders(self) -> list[str]:
+        """The workers holding submissions now."""
+        with self.engine.connect() as conn:
+            return [w for (w,) in conn.execute(select(submissions.c.worker).distinct()
+                                               .where(submissions.c.status == "grading")) if w]
+
+    def get(self, sid: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*_PUBLIC_COLUMNS).where(submissions.c.id == sid)).mappings().first()
+        return dict(row) if row else None
+
+    def list(self, assignment: str | None = None, student: str | None = None) -> list[dict]:
+        """Submissions, oldest first (with their result JSON)."""
+        q = select(*[c for c in _PUBLIC_COLUMNS if c.name != "entry"])
+        if assignment is not None:
+            q = q.where(submissions.c.assignment == assignment)
+        if student is not None:
+            q = q.where(submissions.c.student == student)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(submissions.c.created, submissions.c.id)).mappings()]
+
+    def entries(self, assignment: str) -> list[str]:
+        """The leaderboard entries (JSON) of the graded submissions of ``assignment`` made with
+        student tokens (an instructor's test uploads stay off the leaderboard)."""
+        q = (select(submissions.c.entry).join(tokens, tokens.c.id == submissions.c.token_id)
+             .where((submissions.c.assignment == assignment) & (submissions.c.status == "graded")
+                    & submissions.c.entry.is_not(None) & (tokens.c.role == "student"))
+             .order_by(submissions.c.created, submissions.c.id))
+        with self.engine.connect() as conn:
+            return [e for (e,) in conn.execute(q)]
+
+    def version(self, assignment: str) -> tuple:
+        """Changes whenever a submission of ``assignment`` is graded (for caching leaderboards)."""
+        with self.engine.connect() as conn:
+            n, last = conn.execute(
+                select(sa.func.count(), sa.func.max(submissions.c.graded_at))
+                .where((submissions.c.assignment == assignment) & (submissions.c.status == "graded"))
+            ).one()
+        return int(n), last

@@ -1,0 +1,373 @@
+"""Submissions: artifacts uploaded to the server, graded in the background by the autograder's
+trusted scorer (:func:`autograder.scoring.score_submission`), and the live leaderboards.
+
+* :class:`Assignment` — one ``[submissions]`` assignment of a ``maestro course init`` course:
+  its grading.toml, model, and hidden data (loaded with the course secret, kept in this
+  process; only the INPUTS ever leave it, through ``/v1/assignments/{id}/inputs``);
+* :func:`check_artifact` — an upload is read by the scorer's own safe loader
+  (:func:`autograder.scoring.load_artifact`: header, dtype and exact shape checked before any
+  data, never a pickle) from a private temporary folder, before it is queued;
+* :class:`Grader` — a fixed number of threads per server process that take queued submissions
+  from the database (:class:`maestro.server.db.Submissions`, safe across processes), score
+  them and store the result; stopped cleanly, an unfinished submission goes back to the queue;
+* :func:`student_view` — what a student may see of a result: before the deadline (or
+  ``final``) only the public parts, their reasons and the public metrics — never a private
+  part's reason, never labels, never per-example values (the scorer outputs none);
+* :class:`Leaderboards` — :func:`autograder.leaderboard.rank` over the graded server
+  submissions merged with the notebook grades of ``maestro autograde`` (``read_history``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from .config import SubmissionsConfig
+from .db import Submissions
+
+log = logging.getLogger("maestro.server.submissions")
+_HEADER_SLACK = 4096  # what a .npy header may add (autograder.scoring allows the same)
+
+
+class ArtifactRejected(ValueError):
+    """An upload that is not a valid artifact for the assignment; the message says why."""
+
+
+class Assignment:
+    """A served assignment: grading.toml, model, hidden data and course secret."""
+
+    def __init__(self, course: Path, ident: str, home=None) -> None:
+        import maestro
+        from autograder.config import load_config
+        from autograder.course import read_secret
+        from autograder.scoring import HiddenData
+
+        path = Path(course) / "source" / ident / "grading.toml"
+        if not path.is_file():
+            raise ValueError(f"[submissions] assignment {ident!r}: no {path} (a course made by "
+                             "`maestro course init` has source/<assignment>/grading.toml)")
+        self.config = load_config(path)
+        if self.config.id != ident:
+            raise ValueError(f"{path}: [assignment] id {self.config.id!r} is not {ident!r}")
+        self.id = ident
+        self.course = Path(course)
+        self.secret = read_secret(course)
+        self.hidden = HiddenData.load(self.config, self.secret)
+        self.model = maestro.models.load(self.config.model, home=home)
+        self.spec = self.config.artifact()
+        self.shape = self.spec.expected_shape(self.hidden.x.shape)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.spec.dtype).itemsize
+        self._inputs_b64: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest request body an upload of this assignment may be: base64 of the .npy, with
+        room for 8 bytes per number, so that a float64 array gets the dtype message, not a 413."""
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return 4 * math.ceil((8 * n + _HEADER_SLACK) / 3) + 1024
+
+    def inputs_npy_b64(self) -> str:
+        """The hidden inputs (never the labels) as base64 ``.npy``, in the scorer's row order."""
+        with self._lock:
+            if self._inputs_b64 is None:
+                from . import arrays
+
+                x = self.hidden.x.numpy().astype(self.spec.dtype)
+                self._inputs_b64 = arrays.to_npy_b64(x)
+            return self._inputs_b64
+
+    def info(self, cfg: SubmissionsConfig) -> dict:
+        t = self.config.threat
+        share = self.config.split.public_weight
+        return {
+            "id": self.id,
+            "title": self.config.title or self.id,
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "threat": {"norm": t.norm, "eps": t.eps, "bounds": list(t.bounds), "atol": t.atol},
+            "artifact": {"file": self.spec.file, "dtype": self.spec.dtype, "shape": list(self.shape),
+                         "format": "{\"artifact\": {\"npy_b64\": <base64 of np.save(x_adv)>}}",
+                         "row_order": "the rows of GET /v1/assignments/{id}/inputs, in that order"},
+            "inputs": len(self.hidden.x),
+            "max_score": self.config.max_score,
+            "pass_score": self.config.pass_score,
+            "public_points": round(self.config.max_score * share, 4),
+            "private_points": round(self.config.max_score * (1 - share), 4),
+            "max_per_day": cfg.max_per_day or None,
+            "deadline": cfg.deadline.isoformat() if cfg.deadline else None,
+            "final": cfg.is_final(),
+        }
+
+
+def load_assignments(cfg: SubmissionsConfig, course: Path, home=None) -> dict[str, Assignment]:
+    return {a: Assignment(course, a, home) for a in cfg.assignments}
+
+
+# -- uploads ----------------------------------------------------------------------------------
+def check_artifact(assignment: Assignment, npy_b64) -> tuple[bytes, str]:
+    """Decode and validate an upload with the scorer's loader; returns (bytes, sha256)."""
+    from autograder.artifacts import ArtifactError
+    from autograder.scoring import load_artifact
+
+    spec = assignment.spec
+    if not isinstance(npy_b64, str) or not npy_b64:
+        raise ArtifactRejected("artifact: expected {\"npy_b64\": <base64 of the .npy file>}")
+    if len(npy_b64) > assignment.max_upload_bytes:
+        raise ArtifactRejected(f"artifact: larger than an array of shape {tuple(assignment.shape)} and "
+                               f"dtype {spec.dtype} needs")
+    try:
+        data = base64.b64decode(npy_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ArtifactRejected("artifact: npy_b64 is not valid base64") from None
+    with tempfile.TemporaryDirectory(prefix="maestro-upload-") as tmp:  # 0700, removed after
+        path = Path(tmp) / spec.file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            load_artifact(path, dtype=spec.dtype, shape=assignment.shape)
+        except ArtifactError as err:
+            raise ArtifactRejected(str(err)) from None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+# -- results ----------------------------------------------------------------------------------
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _finite(value.item())
+    return value
+
+
+def _numbers(metrics) -> dict:
+    return {k: v for k, v in (metrics or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def result_dict(result) -> dict:
+    """The whole ScoreResult as JSON-safe data (the instructor's view)."""
+    return _finite({
+        "score": float(result.score), "max_score": float(result.max_score), "passed": bool(result.passed),
+        "parts": [{"name": p.name, "points": float(p.points), "max_points": float(p.max_points),
+                   "reason": p.reason, "visibility": p.visibility} for p in result.parts],
+        "metrics": dict(result.metrics), "public_metrics": dict(result.public_metrics),
+        "private_metrics": dict(result.private_metrics), "problems": list(result.problems),
+    })
+
+
+def entry_for(config, student: str, result, submitted_at: str, sha256: str):
+    """The leaderboard Entry of a graded upload (aggregates only, as the driver records them)."""
+    from autograder.leaderboard import Entry
+
+    def part(label):
+        return (float(sum(p.points for p in result.parts if p.visibility == label)),
+                float(sum(p.max_points for p in result.parts if p.visibility == label)))
+
+    (pub, pub_max), (priv, priv_max) = part("public"), part("private")
+    return Entry(student, config.id, submitted_at, float(result.score), float(config.max_score),
+                 pub, pub_max, priv, priv_max, _finite(_numbers(result.public_metrics)),
+                 _finite(_numbers(result.private_metrics)), None, result.metrics.get("queries"),
+                 "ok", sha256)
+
+
+def _iso(when) -> str | None:
+    if when is None:
+        return None
+    return when.replace(tzinfo=_dt.UTC, microsecond=0).isoformat()
+
+
+def student_view(row: dict, *, final: bool, instructor: bool, pseudonym: str | None = None) -> dict:
+    """A submission as its owner (or an instructor) may see it; see the module docstring."""
+    out = {"id": row["id"], "assignment": row["assignment"], "status": row["status"],
+           "submitted_at": _iso(row["created"]), "graded_at": _iso(row.get("graded_at")),
+           "sha256": row["sha256"], "final": final}
+    if instructor:
+        out["student"] = row["student"]
+    if pseudonym:
+        out["leaderboard_name"] = pseudonym
+    if row["status"] == "failed":
+        out["reason"] = row.get("reason") or "the grader failed"
+    raw = row.get("result")
+    if row["status"] != "graded" or not raw:
+        return out
+    result = json.loads(raw)
+    if final or instructor:
+        out.update(result)
+        return out
+    public = [p for p in result["parts"] if p["visibility"] == "public"]
+    hidden = [p for p in result["parts"] if p["visibility"] != "public"]
+    out.update({
+        "score": round(sum(p["points"] for p in public), 4),
+        "max_score": round(sum(p["max_points"] for p in public), 4),
+        "parts": public,
+        "public_metrics": result.get("public_metrics", {}),
+        # a private-part problem names rows of the private part: not before the deadline
+        "problems": [p for p in result.get("problems", []) if not p.startswith("private part")],
+        "note": (f"the private part ({round(sum(p['max_points'] for p in hidden), 4):g} points) is "
+                 "scored after the deadline" if hidden else ""),
+    })
+    return out
+
+
+# -- the graders --------------------------------------------------------------------------------
+class Grader:
+    """``workers`` threads grading queued submissions of ``assignments`` (see the module
+    docstring). ``poll_s``: how often an idle thread looks for submissions made through other
+    server processes; ``stale_s``: a submission held that long by a grader that stopped
+    answering (a killed process) goes back to the queue."""
+
+    def __init__(self, subs: Submissions, assignments: dict[str, Assignment], workers: int = 1,
+                 *, poll_s: float = 2.0, stale_s: float = 600.0) -> None:
+        self.subs = subs
+        self.assignments = assignments
+        self.workers = workers
+        self.poll_s = poll_s
+        self.stale_s = stale_s
+        host = socket.gethostname()[:60]
+        self.worker_id = f"{host}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._recover()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._loop, name=f"maestro-grader-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Finish the submissions being graded (up to ``timeout``), then put back any left."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+        n = self.subs.requeue(worker=self.worker_id)
+        if n:
+            log.warning("grader stopped: %d submission(s) put back in the queue", n)
+
+    def _recover(self) -> None:
+        """Requeue submissions of graders that are gone: on this host, a process that no longer
+        exists; anywhere, one that has held a submission for more than ``stale_s``."""
+        host = socket.gethostname()[:60]
+        dead = []
+        for w in self.subs.graders():
+            h, _, rest = w.partition(":")
+            pid = rest.partition(":")[0]
+            if h == host and pid.isdigit() and not _alive(int(pid)):
+                dead.append(w)
+        cutoff = _dt.datetime.now(_dt.UTC).replace(tzinfo=None) - _dt.timedelta(seconds=self.stale_s)
+        n = self.subs.requeue(workers=dead, older_than=cutoff)
+        if n:
+            log.warning("%d submission(s) of a stopped grader put back in the queue", n)
+
+    def _loop(self) -> None:
+        idle = 0.0
+        while not self._stop.is_set():
+            try:
+                job = self.subs.claim(self.worker_id, list(self.assignments))
+            except Exception:  # e.g. the database is briefly unavailable: retry later
+                log.exception("could not take a submission from the queue")
+                job = None
+            if job is None:
+                if self._wake.wait(self.poll_s):
+                    self._wake.clear()
+                idle += self.poll_s
+                if idle >= 60:
+                    idle = 0.0
+                    try:
+                        self._recover()
+                    except Exception:
+                        log.exception("could not requeue stale submissions")
+                continue
+            self._grade(*job)
+
+    def _grade(self, row: dict, data: bytes) -> None:
+        from autograder.scoring import score_submission
+
+        sid = row["id"]
+        a = self.assignments[row["assignment"]]
+        try:
+            with tempfile.TemporaryDirectory(prefix="maestro-grade-") as tmp:
+                path = Path(tmp) / a.spec.file
+                path.write_bytes(data)
+                result = score_submission(a.config, {a.spec.file: path}, a.hidden, a.model)
+            entry = entry_for(a.config, row["student"], result, _iso(row["created"]), row["sha256"])
+            self.subs.finish(sid, self.worker_id, status="graded", score=float(result.score),
+                             max_score=float(result.max_score),
+                             result=json.dumps(result_dict(result), allow_nan=False),
+                             entry=json.dumps(_finite(asdict(entry)), allow_nan=False))
+        except Exception as err:  # the grader's fault, never the upload's (it was checked)
+            log.exception("grading submission %s failed", sid)
+            self.subs.finish(sid, self.worker_id, status="failed",
+                             reason=f"the grader failed: {type(err).__name__}: {str(err)[:300]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- leaderboards ---------------------------------------------------------------------------------
+class Leaderboards:
+    """Boards per assignment, recomputed only when a grade arrives or the history file changes."""
+
+    def __init__(self, subs: Submissions, assignments: dict[str, Assignment]) -> None:
+        self.subs = subs
+        self.assignments = assignments
+        self._cache: dict[tuple, tuple[tuple, object]] = {}
+        self._lock = threading.Lock()
+
+    def board(self, ident: str, *, final: bool, pseudonyms: bool):
+        """The :class:`autograder.leaderboard.Board` of ``ident``: the best graded upload or
+        autograded notebook per student."""
+        from autograder.leaderboard import Entry, history_path, rank, read_history
+
+        a = self.assignments[ident]
+        try:
+            st = history_path(a.course, ident).stat()
+            hist_version = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            hist_version = None
+        version = (self.subs.version(ident), hist_version)
+        key = (ident, final, pseudonyms)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and hit[0] == version:
+                return hit[1]
+        entries = [Entry.from_dict(json.loads(e)) for e in self.subs.entries(ident)]
+        entries += read_history(a.course, ident)
+        board = rank(entries, final=final, pseudonyms=a.secret if pseudonyms else None,
+                     assignment=ident, title=a.config.title or ident)
+        board.max_score = float(a.config.max_score)
+        with self._lock:
+            self._cache[key] = (version, board)
+        return board

@@ -1,0 +1,439 @@
+"""Submissions to the model server: a real course folder (``maestro course init`` with the repo's
+assignments), a real uvicorn on 127.0.0.1 with SQLite, the real lenet-mnist and hidden MNIST
+split, and real attacks (maestro.attacks.PGD / FGSM) on the inputs the server hands out.
+
+Uploads are graded in the background by the autograder's trusted scorer; checked here: the
+grades and their reasons (a good PGD, an x_adv over eps, one with a NaN row), what a student
+may see before the deadline (public parts only) against what an instructor sees, ownership
+(another student's submission is a 404), tokens (401 before the body is read), refused
+uploads (422, nothing stored), the daily limit (429), the JSON leaderboard (merged with the
+notebook grades of ``maestro autograde``), and that submissions left behind by a crashed
+server process are graded by the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import maestro
+from autograder.config import load_config
+from autograder.course import init_course, read_secret
+from autograder.leaderboard import append_history, pseudonym
+from autograder.scoring import HiddenData, public_mask, score_submission
+from maestro.server.db import Store, Submissions
+from maestro.server.submissions import entry_for
+
+ROOT = Path(__file__).resolve().parents[1]
+A = "01-whitebox"
+pytestmark = pytest.mark.slow  # PGD on 500 images and ~15 gradings: ≈ 30 s on 2 busy cores
+
+CONFIG = """
+[server]
+database = "server.db"
+rate_limit = 0
+max_body_bytes = 100_000       # small: an upload (≈ 2 MB of base64) has its own limit
+
+[submissions]
+course = "{course}"
+assignments = ["{a}"]
+max_per_day = 4
+pseudonyms = false
+"""
+
+
+def _auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _npy_b64(arr: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _upload(http, token: str, arr: np.ndarray):
+    return http.post(f"/v1/assignments/{A}/submissions", json={"artifact": {"npy_b64": _npy_b64(arr)}},
+                     headers=_auth(token))
+
+
+def _wait(http, token: str, sid: str, timeout: float = 120.0) -> dict:
+    """Poll until the submission is graded or failed (the timeout only bounds a hung grader)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = http.get(f"/v1/submissions/{sid}", headers=_auth(token))
+        assert r.status_code == 200, r.text
+        if r.json()["status"] in ("graded", "failed"):
+            return r.json()
+        assert time.monotonic() < deadline, f"submission {sid} still {r.json()['status']}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    path = tmp_path_factory.mktemp("course") / "aml-course"
+    init_course(path, ROOT / "assignments")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(course_server, course):
+    url, app, folder = course_server(CONFIG.format(course=course, a=A))
+    store = app.state.store
+    tokens = {s: store.create_token(s) for s in ("alice", "bob", "carol", "dave")}
+    tokens["prof"] = store.create_token("prof", role="instructor")
+    return argparse.Namespace(url=url, app=app, store=store, folder=folder, tokens=tokens)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def task(server, http, course, one_torch_thread):
+    """The inputs from the server, the model, and real attacks on them."""
+    h = _auth(server.tokens["alice"])
+    info = http.get(f"/v1/assignments/{A}", headers=h).json()
+    r = http.get(f"/v1/assignments/{A}/inputs", headers=h).json()
+    x = np.load(io.BytesIO(base64.b64decode(r["inputs"]["npy_b64"])), allow_pickle=False)
+    model = maestro.models.load("lenet-mnist")
+    t = info["threat"]
+    threat = maestro.ThreatModel(t["norm"], t["eps"], bounds=tuple(t["bounds"]))
+    xt = torch.from_numpy(x)
+    y = model.predict(xt)  # the model's own predictions: students never get the labels
+    pgd = maestro.attacks.PGD(threat, steps=10)(model, xt, y).x_adv.numpy().astype(np.float32)
+    fgsm = maestro.attacks.FGSM(threat)(model, xt, y).x_adv.numpy().astype(np.float32)
+    cfg = load_config(course / "source" / A / "grading.toml")
+    return argparse.Namespace(info=info, x=x, pgd=pgd, fgsm=fgsm, model=model, cfg=cfg,
+                              public=public_mask(len(x), cfg, read_secret(course)))
+
+
+@pytest.fixture(scope="module")
+def graded(server, http, task):
+    """alice: PGD; bob: every pixel moved by 0.3 > eps; carol: PGD with a NaN in one public row;
+    prof (instructor): PGD. All uploaded, then waited for."""
+    nan = task.pgd.copy()
+    nan[int(np.flatnonzero(task.public)[3]), 0, 5, 5] = np.nan
+    over = np.clip(task.x + 0.3 * np.sign(task.pgd - task.x + 1e-9), 0, 1).astype(np.float32)
+    sent = {}
+    for who, arr in [("alice", task.pgd), ("bob", over), ("carol", nan), ("prof", task.pgd)]:
+        r = _upload(http, server.tokens[who], arr)
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["status"] == "queued" and r.headers["location"] == f"/v1/submissions/{body['id']}"
+        sent[who] = body["id"]
+    return {who: _wait(http, server.tokens[who], sid) for who, sid in sent.items()}
+
+
+def test_assignment_info_and_inputs(server, http, task, course):
+    h = _auth(server.tokens["bob"])
+    listed = http.get("/v1/assignments", headers=h).json()["assignments"]
+    assert [a["id"] for a in listed] == [A]
+    info = task.info
+    assert info["threat"] == {"norm": "linf", "eps": 0.2, "bounds": [0.0, 1.0], "atol": 1e-6}
+    assert info["artifact"]["file"] == "x_adv.npy" and info["artifact"]["dtype"] == "float32"
+    assert info["artifact"]["shape"] == [500, 1, 28, 28] and info["max_per_day"] == 4
+    assert info["leaderboard_name"] == "alice" and info["final"] is False
+    # the hidden inputs, in the scorer's order — and nothing else: no labels, no public mask
+    hidden = HiddenData.load(task.cfg, read_secret(course))
+    np.testing.assert_array_equal(task.x, hidden.x.numpy())
+    r = http.get(f"/v1/assignments/{A}/inputs", headers=h).json()
+    assert set(r) == {"assignment", "inputs", "shape", "dtype", "threat"}
+    as_json = http.get(f"/v1/assignments/{A}/inputs?format=json", headers=h).json()["inputs"]
+    np.testing.assert_array_equal(np.asarray(as_json, np.float32), task.x)
+    assert http.get("/v1/assignments/nope", headers=h).status_code == 404
+
+
+def test_a_good_attack_is_graded_and_students_see_only_the_public_part(server, http, graded):
+    mine = graded["alice"]
+    assert mine["status"] == "graded", mine
+    # before the deadline: the public part, its reasons and metrics; nothing of the private part
+    assert mine["max_score"] == 50 and 40 <= mine["score"] <= 50, mine
+    assert mine["parts"] and all(p["visibility"] == "public" for p in mine["parts"])
+    assert "private_metrics" not in mine and "passed" not in mine
+    assert "private part (50 points) is scored after the deadline" in mine["note"]
+    assert mine["public_metrics"]["success_rate"] > 0.85 and mine["public_metrics"]["valid"] is True
+    assert "private" not in json.dumps(mine["parts"])
+    # the instructor sees everything, the student's id included
+    full = http.get(f"/v1/submissions/{mine['id']}", headers=_auth(server.tokens["prof"])).json()
+    assert full["student"] == "alice" and 80 <= full["score"] <= 100 and full["max_score"] == 100
+    assert {p["visibility"] for p in full["parts"]} == {"public", "private"}
+    assert full["private_metrics"]["success_rate"] > 0.85 and full["passed"] is True
+
+
+def test_threat_model_violations_score_zero_with_the_reason(server, http, graded):
+    over = graded["bob"]
+    assert over["status"] == "graded" and over["score"] == 0
+    assert any("breaks the threat model" in p and "linf distance > eps 0.2" in p for p in over["problems"])
+    assert all("private part" not in p for p in over["problems"])
+    # one NaN in a public row: the public part scores 0 and says why; the private part counts
+    nan = graded["carol"]
+    assert nan["status"] == "graded" and nan["score"] == 0
+    assert any("NaN or infinite values" in p["reason"] for p in nan["parts"])
+    full = http.get(f"/v1/submissions/{nan['id']}", headers=_auth(server.tokens["prof"])).json()
+    assert sum(p["points"] for p in full["parts"] if p["visibility"] == "private") > 40
+
+
+def test_tokens_and_ownership(server, http, graded):
+    sid = graded["alice"]["id"]
+    # no token: 401, and before the body is read (a malformed body is still a 401)
+    url = f"/v1/assignments/{A}/submissions"
+    for content in (b"{not json", b'{"artifact": 3}', b""):
+        r = http.post(url, content=content, headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and "missing token" in r.json()["detail"], r.text
+    assert http.get(f"/v1/submissions/{sid}").status_code == 401
+    assert http.get(f"/v1/submissions/{sid}", headers=_auth("mt_nope")).status_code == 401
+    # another student's submission is unknown to bob, and not in his list
+    bob = _auth(server.tokens["bob"])
+    r = http.get(f"/v1/submissions/{sid}", headers=bob)
+    assert r.status_code == 404 and r.json()["detail"] == f"no submission {sid!r} of yours"
+    assert http.get("/v1/submissions/0123456789abcdef", headers=bob).status_code == 404
+    mine = http.get(f"/v1/assignments/{A}/submissions", headers=bob).json()["submissions"]
+    assert [s["id"] for s in mine] == [graded["bob"]["id"]]
+    assert http.get(f"/v1/assignments/{A}/submissions?student=alice", headers=bob).status_code == 403
+    # a revoked token loses access; the student's submissions stay theirs under a new token
+    old = server.store.create_token("alice")
+    assert server.store.revoke("alice") == 2
+    assert http.get(f"/v1/submissions/{sid}", headers=_auth(old)).status_code == 401
+    server.tokens["alice"] = server.store.create_token("alice")
+    assert http.get(f"/v1/submissions/{sid}", headers=_auth(server.tokens["alice"])).status_code == 200
+    # instructors see everyone's
+    prof = _auth(server.tokens["prof"])
+    everyone = http.get(f"/v1/assignments/{A}/submissions", headers=prof).json()["submissions"]
+    assert {s["student"] for s in everyone} >= {"alice", "bob", "carol", "prof"}
+    only = http.get(f"/v1/assignments/{A}/submissions?student=alice", headers=prof).json()["submissions"]
+    assert [s["id"] for s in only] == [sid]
+
+
+def test_refused_uploads_are_422_and_cost_nothing(server, http, task):
+    h = _auth(server.tokens["dave"])
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cases = [
+        (_npy_b64(task.pgd[:10]), "has shape (10, 1, 28, 28); expected (500, 1, 28, 28)"),
+        (_npy_b64(task.pgd.astype(np.float64)), "has dtype float64; expected float32"),
+        (base64.b64encode(pickled.getvalue()).decode(), "Python objects"),
+        ("not base64!", "not valid base64"),
+        (base64.b64encode(b"\x93NUMPY junk").decode(), "not a valid .npy"),
+    ]
+    for payload, reason in cases:
+        r = http.post(f"/v1/assignments/{A}/submissions", json={"artifact": {"npy_b64": payload}}, headers=h)
+        assert r.status_code == 422 and reason in r.json()["detail"], (reason, r.text)
+    for body in ({"artifact": {"npy_b64": _npy_b64(task.pgd), "extra": 1}}, {"x_adv": []}, {}):
+        r = http.post(f"/v1/assignments/{A}/submissions", json=body, headers=h)
+        assert r.status_code == 422 and isinstance(r.json()["detail"], str), r.text
+    r = http.post("/v1/assignments/nope/submissions", json={"artifact": {"npy_b64": "AAAA"}}, headers=h)
+    assert r.status_code == 404
+    # larger than any upload needs (float64 included): 413 before it is read (uploads have
+    # their own limit; the server's max_body_bytes is smaller than an upload)
+    big = {"artifact": {"npy_b64": "A" * 6_000_000}}
+    r = http.post(f"/v1/assignments/{A}/submissions", json=big, headers=h)
+    assert r.status_code == 413 and "upload exactly the array" in r.json()["detail"]
+    info = http.get(f"/v1/assignments/{A}", headers=h).json()
+    assert info["uploads_today"] == 0 and info["uploads_left_today"] == 4
+    assert http.get(f"/v1/assignments/{A}/submissions", headers=h).json()["submissions"] == []
+
+
+def test_daily_upload_limit(server, http, task):
+    h = _auth(server.tokens["dave"])
+    ids = []
+    for _ in range(4):
+        r = _upload(http, server.tokens["dave"], task.fgsm)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    r = _upload(http, server.tokens["dave"], task.fgsm)
+    assert r.status_code == 429 and "at most 4 uploads of 01-whitebox per day (UTC)" in r.json()["detail"]
+    assert http.get(f"/v1/assignments/{A}", headers=h).json()["uploads_left_today"] == 0
+    done = [_wait(http, server.tokens["dave"], sid) for sid in ids]
+    assert [d["status"] for d in done] == ["graded"] * 4
+    assert len({d["score"] for d in done}) == 1 and 10 < done[0]["score"] < 40  # FGSM: below PGD
+
+
+def test_leaderboard_json(server, http, graded, task, course):
+    # a notebook graded by `maestro autograde` (its history file) is ranked with the uploads
+    steps3 = maestro.attacks.PGD(maestro.ThreatModel("linf", 0.2), steps=3)(
+        task.model, torch.from_numpy(task.x), task.model.predict(task.x)).x_adv.numpy()
+    path = course / "erin-x_adv.npy"
+    np.save(path, steps3.astype(np.float32))
+    result = score_submission(task.cfg, {"x_adv.npy": path}, HiddenData.load(task.cfg, read_secret(course)),
+                              task.model)
+    append_history(course, entry_for(task.cfg, "erin", result, "2026-11-20T10:00:00+00:00", "e" * 64))
+    for who in ("dave",):  # dave's uploads (test_daily_upload_limit) are graded by now
+        for s in http.get(f"/v1/assignments/{A}/submissions", headers=_auth(server.tokens[who])).json()["submissions"]:
+            _wait(http, server.tokens[who], s["id"])
+    board = http.get(f"/v1/assignments/{A}/leaderboard", headers=_auth(server.tokens["bob"])).json()
+    names = [r["name"] for r in board["rows"]]
+    assert board["final"] is False and board["part"] == "public" and board["max_score"] == 100
+    assert names[0] == "alice" and "prof" not in names  # an instructor's uploads are not ranked
+    assert set(names) == {"alice", "bob", "carol", "dave", "erin"}
+    rows = {r["name"]: r for r in board["rows"]}
+    assert rows["alice"]["score"] > rows["erin"]["score"] > rows["dave"]["score"] > 0
+    assert rows["bob"]["score"] == rows["carol"]["score"] == 0 and rows["bob"]["rank"] == rows["carol"]["rank"]
+    assert rows["dave"]["submissions"] == 4 and rows["alice"]["rank"] == 1
+    assert "private_score" not in json.dumps(board)
+    # the final ranking (private part): instructors only, before the deadline
+    r = http.get(f"/v1/assignments/{A}/leaderboard?final=true", headers=_auth(server.tokens["bob"]))
+    assert r.status_code == 403
+    final = http.get(f"/v1/assignments/{A}/leaderboard?final=true", headers=_auth(server.tokens["prof"])).json()
+    frows = {r["name"]: r for r in final["rows"]}
+    assert final["part"] == "private" and frows["carol"]["score"] > 40 and "total_score" in frows["carol"]
+    # the public page and its data need no token (public_leaderboard defaults to true)
+    assert httpx.get(f"{server.url}/leaderboard/{A}.json").json()["rows"] == board["rows"]
+    page = httpx.get(f"{server.url}/leaderboard/{A}")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<td class="name">alice</td>' in page.text and f'"{A}.json"' in page.text
+    assert httpx.get(f"{server.url}/leaderboard/nope").status_code == 404
+
+
+def test_openapi_declares_the_error_answers(server, http):
+    paths = http.get("/openapi.json").json()["paths"]
+    op = paths["/v1/assignments/{assignment}/submissions"]["post"]
+    for code in ("401", "403", "404", "413", "422", "429"):
+        schema = op["responses"][code]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (code, schema)
+    assert "202" in op["responses"]
+    assert "404" in paths["/v1/submissions/{submission}"]["get"]["responses"]
+    for path, ops in paths.items():  # the public page and its data need no token
+        for op in ops.values():
+            public = path.startswith("/leaderboard/") or path == "/v1/health"
+            assert ("401" in op["responses"]) is not public and ("security" in op) is not public, path
+
+
+def _fuzz(url: str, op, path: str, headers: dict | None) -> None:
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.generation import GenerationMode
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    fixed = {"path_parameters": {"assignment": A}} if "{assignment}" in path else {}
+    cases = st.one_of(op.as_strategy(generation_mode=GenerationMode.POSITIVE, **fixed),
+                      op.as_strategy(generation_mode=GenerationMode.NEGATIVE),
+                      op.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    public = path.startswith("/leaderboard/")
+
+    @settings(max_examples=15, deadline=None, database=None, derandomize=True,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=cases)
+    def run(case):
+        r = case.call(base_url=url, headers=headers, timeout=60)
+        case.validate_response(r, checks=[not_a_server_error, response_schema_conformance])
+        if headers is None and not public:
+            assert r.status_code == 401, (case.as_curl_command(), r.text)
+
+    run()
+
+
+@pytest.mark.parametrize("token", [True, False], ids=["student", "no-token"])
+def test_fuzz_the_submission_endpoints(server, token):
+    """schemathesis on every submission and leaderboard operation: no 5xx, every answer (errors
+    included) as the schema says; without a token, 401 but for the public leaderboard."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    headers = _auth(server.store.create_token("fuzzer")) if token else None
+    ops = [(p, m) for p, ms in schema.raw_schema["paths"].items() for m in ms
+           if p.startswith(("/v1/assignments", "/v1/submissions", "/leaderboard/"))]
+    assert len(ops) == 9
+    for path, method in ops:
+        _fuzz(server.url, schema[path][method], path, headers)
+
+
+def test_a_crashed_servers_submissions_are_graded_by_the_next(course_server, course, task, tmp_path):
+    """Submissions queued, or half-graded by a server process that died, are graded on restart."""
+    db = tmp_path / "shared.db"
+    store = Store(f"sqlite:///{db}")
+    subs = Submissions(store)
+    token = store.create_token("frank")
+    who = store.authenticate(token)
+    data = base64.b64decode(_npy_b64(task.fgsm))
+    held = subs.add(assignment=A, student="frank", token_id=who.token_id, sha256="0" * 64, data=data)
+    queued = subs.add(assignment=A, student="frank", token_id=who.token_id, sha256="1" * 64, data=data)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = f"{socket.gethostname()[:60]}:{int(gone.stdout)}:abcdef"  # a process that has exited
+    claimed, _ = subs.claim(dead, [A])  # the oldest: held by the dead process, half-graded
+    assert claimed["id"] == held["id"] and subs.get(held["id"])["status"] == "grading"
+    assert subs.get(queued["id"])["status"] == "queued"
+    store.close()
+    url, app, _ = course_server(CONFIG.format(course=course, a=A).replace('"server.db"', json.dumps(str(db))))
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for s in (held, queued):
+            r = _wait(client, token, s["id"])
+            assert r["status"] == "graded" and r["score"] > 10, r
+            assert dt.datetime.fromisoformat(r["graded_at"]) >= dt.datetime.fromisoformat(r["submitted_at"])
+
+
+def test_course_folder_alone_is_a_server_config(course):
+    """`maestro serve --course DIR` on a `maestro course init` folder (no server.toml): every
+    assignment takes submissions; pseudonyms are stable names keyed by the course secret."""
+    from maestro.server import ServerConfig
+
+    cfg = ServerConfig.load(course)
+    assert cfg.tasks == {} and cfg.submissions.assignments == [A] and cfg.course == course.resolve()
+    assert cfg.submissions.pseudonyms is True and cfg.submissions.max_per_day == 20
+    name = pseudonym("alice", read_secret(course))
+    assert name == pseudonym("alice", read_secret(course)) and "alice" not in name
+    with pytest.raises(ValueError, match="time zone"):
+        ServerConfig.from_dict({"submissions": {"assignments": [A], "deadline": "2026-12-01T23:59:00"}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        ServerConfig.from_dict({"submissions": {"assignments": [A], "max_per_dya": 3}})
+    late = ServerConfig.from_dict({"submissions": {"assignments": [A], "deadline": "2020-01-01T00:00:00Z"}})
+    assert late.submissions.past_deadline() and late.submissions.is_final()
+
+
+def test_maestro_serve_a_course_folder(course, tmp_path):
+    """`maestro serve --course DIR` on the course folder itself (no server.toml), then stopped
+    with SIGTERM: graders stop cleanly, the public page answers with pseudonyms."""
+    from maestro.server.local import free_port
+
+    from maestro.server import ServerConfig
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    store = Store(ServerConfig.load(course).database_url)  # what `maestro tokens create --course` opens
+    token = store.create_token("gina")
+    store.close()
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "maestro", "serve", "--course", str(course), "--port",
+                                 str(port), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).json()["assignments"] == 1:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.25)
+        info = httpx.get(f"{url}/v1/assignments/{A}", headers=_auth(token)).json()
+        assert info["leaderboard_name"] == pseudonym("gina", read_secret(course))
+        assert info["max_per_day"] == 20
+        page = httpx.get(f"{url}/leaderboard/{A}")
+        assert page.status_code == 200 and "alice" not in page.text  # pseudonyms by default
+    finally:
+        proc.terminate()
+        code = proc.wait(60)
+    # uvicorn shuts down gracefully (the graders with it), then re-raises SIGTERM
+    assert code in (0, -signal.SIGTERM) and "Traceback" not in log.read_text(), log.read_text()
+    assert "leaderboard: http://127.0.0.1" in log.read_text()
