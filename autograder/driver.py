@@ -168,20 +168,8 @@ def submitted_at(nb: Path) -> str:
 def history_entry(config: GradingConfig, student: str, result, nb: Path, digest: str,
                   run: RunResult | None, status: str) -> Entry:
     """The leaderboard's record of one graded submission (aggregates only)."""
-    def part(label):
-        got = sum(p.points for p in result.parts if p.visibility == label)
-        top = sum(p.max_points for p in result.parts if p.visibility == label)
-        return float(got), float(top)
-
-    (pub, pub_max), (priv, priv_max) = part("public"), part("private")
-    def numbers(metrics):
-        return {k: v for k, v in (metrics or {}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-    clean, clean_priv = numbers(result.public_metrics), numbers(result.private_metrics)
-    return Entry(student, config.id, submitted_at(nb), float(result.score), float(config.max_score),
-                 pub, pub_max, priv, priv_max, _finite(clean), _finite(clean_priv),
-                 round(run.duration, 2) if run else None, result.metrics.get("queries"), status, digest)
+    return Entry.from_result(config, student, result, submitted_at=submitted_at(nb), sha256=digest,
+                             duration_s=round(run.duration, 2) if run else None, status=status)
 
 
 def _keep_executed(course: Path, assignment: str, who: str, executed: Path, dest: Path) -> None:

@@ -31,7 +31,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["Board", "Entry", "Row", "append_history", "from_course", "pseudonym", "rank",
+__all__ = ["Board", "Entry", "Row", "append_history", "board_metrics", "from_course", "pseudonym", "rank",
            "read_history", "render_html", "to_csv", "to_png", "tournament", "write_all"]
 
 #: the metrics shown as columns, with their titles and how to print them (in this order)
@@ -67,6 +67,27 @@ class Entry:
     queries: int | None = None          # oracle queries used (black-box units)
     status: str = "ok"                  # the run's status; a failed run still counts (score 0)
     sha256: str = ""                    # of the submitted notebook / artifact
+
+    @classmethod
+    def from_result(cls, config, student: str, result, *, submitted_at: str, sha256: str = "",
+                    duration_s: float | None = None, status: str = "ok") -> Entry:
+        """The entry of a scored submission (an ``autograder.scoring.ScoreResult``): points summed
+        per part, and the numeric metrics of each part (no NaN: JSON has none)."""
+        def part(label):
+            return (float(sum(p.points for p in result.parts if p.visibility == label)),
+                    float(sum(p.max_points for p in result.parts if p.visibility == label)))
+
+        def numbers(metrics):
+            return {k: _json_number(v) for k, v in (metrics or {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+        (pub, pub_max), (priv, priv_max) = part("public"), part("private")
+        queries = result.metrics.get("queries")
+        return cls(student, config.id, submitted_at, float(result.score), float(config.max_score),
+                   pub, pub_max, priv, priv_max, numbers(result.public_metrics),
+                   numbers(result.private_metrics), duration_s,
+                   int(queries) if isinstance(queries, (int, float)) and math.isfinite(queries) else None,
+                   status, sha256)
 
     @classmethod
     def from_dict(cls, d: dict) -> Entry:
@@ -112,6 +133,7 @@ class Board:
     final: bool
     rows: list[Row]
     max_score: float = 100.0
+    metrics: tuple = ()               # metric columns always shown (those the scorer computes)
     matrix: dict | None = None        # tournament: {"attackers": [...], "defenders": [...], "cells": [[...]]}
 
     def as_dict(self) -> dict:
@@ -256,7 +278,15 @@ def from_course(course, assignment: str, *, final: bool = False, pseudonyms: boo
     board = rank(read_history(course, assignment), final=final, pseudonyms=secret,
                  assignment=assignment, title=cfg.title or assignment)
     board.max_score = cfg.max_score
+    board.metrics = board_metrics(cfg)
     return board
+
+
+def board_metrics(config) -> tuple:
+    """The metric columns of an assignment's leaderboard: those its score terms use, plus
+    success rate and robust accuracy for attack units."""
+    used = [t.metric for t in config.terms]
+    return tuple(k for k in METRIC_COLUMNS if k in used or k in ("success_rate", "robust_accuracy"))
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -268,7 +298,7 @@ def _columns(board: Board) -> list[tuple[str, str, str]]:
         cols += [("public_score", "public score", "score"), ("total_score", "total", "score")]
     rows = [r.as_dict(board.final) for r in board.rows]
     for key, (title, kind) in METRIC_COLUMNS.items():
-        if any(key in d for d in rows):
+        if key in board.metrics or any(key in d for d in rows):
             cols.append((key, title, kind))
     if any(d.get("queries") is not None for d in rows):
         cols.append(("queries", "queries", "int"))

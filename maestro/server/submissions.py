@@ -178,15 +178,7 @@ def entry_for(config, student: str, result, submitted_at: str, sha256: str):
     """The leaderboard Entry of a graded upload (aggregates only, as the driver records them)."""
     from autograder.leaderboard import Entry
 
-    def part(label):
-        return (float(sum(p.points for p in result.parts if p.visibility == label)),
-                float(sum(p.max_points for p in result.parts if p.visibility == label)))
-
-    (pub, pub_max), (priv, priv_max) = part("public"), part("private")
-    return Entry(student, config.id, submitted_at, float(result.score), float(config.max_score),
-                 pub, pub_max, priv, priv_max, _finite(_numbers(result.public_metrics)),
-                 _finite(_numbers(result.private_metrics)), None, result.metrics.get("queries"),
-                 "ok", sha256)
+    return Entry.from_result(config, student, result, submitted_at=submitted_at, sha256=sha256)
 
 
 def _iso(when) -> str | None:
@@ -349,7 +341,7 @@ class Leaderboards:
     def board(self, ident: str, *, final: bool, pseudonyms: bool):
         """The :class:`autograder.leaderboard.Board` of ``ident``: the best graded upload or
         autograded notebook per student."""
-        from autograder.leaderboard import Entry, history_path, rank, read_history
+        from autograder.leaderboard import Entry, board_metrics, history_path, rank, read_history
 
         a = self.assignments[ident]
         try:
@@ -368,6 +360,7 @@ class Leaderboards:
         board = rank(entries, final=final, pseudonyms=a.secret if pseudonyms else None,
                      assignment=ident, title=a.config.title or ident)
         board.max_score = float(a.config.max_score)
+        board.metrics = board_metrics(a.config)
         with self._lock:
             self._cache[key] = (version, board)
         return board
