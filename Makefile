@@ -9,13 +9,14 @@ PIP    := $(BIN)/python -m pip
 # Hugging Face libraries retry the network for ~25 s when offline; Maestro's assets are local.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: install models demo test bench lint clean help
+.PHONY: install models demo test bench lint lab clean help
 
 help:
 	@echo "make demo   - install, build the model zoo, run the course demo (7 students, autograde, leaderboard)"
 	@echo "make test   - install, build the model zoo, run the test suite"
 	@echo "make bench  - run the benchmarks (benchmarks/*.py)"
 	@echo "make lint   - ruff"
+	@echo "make lab    - JupyterLab with the nbgrader extension in a course folder (COURSE=course)"
 
 $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,17 @@ bench: models
 	$(OFFLINE) $(BIN)/python benchmarks/attacks.py
 	$(OFFLINE) $(BIN)/python benchmarks/text_attacks.py
 	$(OFFLINE) $(BIN)/python benchmarks/server.py
+
+# JupyterLab 4 in the course folder (made by `maestro course init` the first time), where
+# nbgrader finds its nbgrader_config.py: Formgrader and the Nbgrader menu for instructors,
+# tutorials/ (a copy of notebooks/) for students.
+COURSE    ?= course
+LAB_FLAGS ?=
+
+lab: models
+	@test -f "$(COURSE)/nbgrader_config.py" || $(OFFLINE) $(BIN)/maestro course init "$(COURSE)"
+	@test -d "$(COURSE)/tutorials" || cp -r notebooks "$(COURSE)/tutorials"
+	cd "$(COURSE)" && $(OFFLINE) "$(abspath $(BIN))/jupyter" lab $(LAB_FLAGS)
 
 lint: install
 	$(BIN)/ruff check maestro autograder tests benchmarks

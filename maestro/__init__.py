@@ -30,7 +30,7 @@ _LAZY = {
 }
 _SUBMODULES = {
     "datasets", "models", "text", "wrapper", "threat", "errors", "attacks", "defenses", "evaluation", "cli",
-    "remote", "server",
+    "remote", "server", "widgets",
 }
 
 __all__ = sorted(_LAZY.keys() | _SUBMODULES)  # noqa: PLE0605
