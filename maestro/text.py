@@ -193,3 +193,34 @@ def as_tokenizer(tokenizer, max_length: int | None = None):
     raise TypeError(
         f"tokenizer: expected a Maestro tokenizer or a Hugging Face tokenizer, got {type(tokenizer).__name__}"
     )
+
+
+def tokenizer_to_json(tokenizer) -> dict:
+    """A tokenizer as plain JSON data (never code): what a remote client needs to tokenize
+    exactly as the served model does. A :class:`WordTokenizer` gives its vocabulary; a fast
+    Hugging Face tokenizer its ``tokenizer.json`` and special tokens."""
+    tokenizer = as_tokenizer(tokenizer)
+    if isinstance(tokenizer, WordTokenizer):
+        return tokenizer.to_json()
+    if isinstance(tokenizer, HFTokenizer) and getattr(tokenizer.hf, "is_fast", False):
+        hf = tokenizer.hf
+        return {"kind": "hf-fast", "tokenizer_json": hf.backend_tokenizer.to_str(),
+                "special_tokens": {k: str(v) for k, v in hf.special_tokens_map.items() if isinstance(v, str)},
+                "max_length": tokenizer.max_length}
+    raise TypeError(f"{type(tokenizer).__name__} cannot be sent as data: only Maestro word tokenizers "
+                    "and fast Hugging Face tokenizers can")
+
+
+def tokenizer_from_json(data: dict):
+    """The tokenizer :func:`tokenizer_to_json` described (a real, local one)."""
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "word":
+        return WordTokenizer(data["vocab"], max_length=data.get("max_length", 64))
+    if kind == "hf-fast":
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(data["tokenizer_json"]),
+                                     **data.get("special_tokens", {}))
+        return HFTokenizer(hf, max_length=int(data.get("max_length", 128)))
+    raise ValueError(f"not a tokenizer description (kind {kind!r}; expected 'word' or 'hf-fast')")

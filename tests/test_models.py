@@ -319,3 +319,18 @@ def test_text_gradient_and_readable_tokens(name, loaded):
     text = w.detokenize(tb)
     assert text[0] == "i love this movie, it was great!"
     assert all(isinstance(t, str) and t for t in text)
+
+
+@pytest.mark.parametrize("name", ["lstm-tweets", "minilm-tweets"])
+def test_tokenizers_travel_as_json_data(name):
+    from maestro.text import tokenizer_from_json, tokenizer_to_json
+
+    model = maestro.models.load(name)
+    copy = tokenizer_from_json(json.loads(json.dumps(tokenizer_to_json(model.tokenizer))))
+    texts = list(maestro.datasets.load("tweets", "dev").x[:64]) + ["", "@united ✈️ 100% late!!"]
+    a, b = model.tokenizer.encode(texts), copy.encode(texts)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+    assert copy.special_ids == model.tokenizer.special_ids and copy.vocab_size == model.tokenizer.vocab_size
+    assert copy.decode(a.input_ids, a.attention_mask) == model.tokenizer.decode(a.input_ids, a.attention_mask)
+    with pytest.raises(ValueError, match="not a tokenizer description"):
+        tokenizer_from_json({"kind": "pickle"})

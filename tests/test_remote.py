@@ -184,3 +184,17 @@ def test_text_tasks(server, token):
         assert torch.equal(m.embedding_matrix(), clf.embedding_matrix())
         assert torch.equal(m.embeddings(texts), clf.embeddings(texts))
         assert m.queries == 2  # embeddings and tokenize are free, as in the wrapper
+    # the tokenizer travels as JSON data: a client tokenizes exactly as the served model does
+    import httpx
+
+    from maestro.text import tokenizer_from_json
+
+    auth = {"Authorization": f"Bearer {token}"}
+    r = httpx.get(f"{server[0]}/v1/tasks/tweets-labels/tokenizer", headers=auth)
+    assert r.status_code == 200 and r.json()["kind"] == "word"
+    tok = tokenizer_from_json(r.json())
+    assert torch.equal(tok.encode(texts).input_ids, clf.tokenize(texts).input_ids)
+    assert tok.special_ids == clf.tokenizer.special_ids and tok.vocab_size == clf.tokenizer.vocab_size
+    r = httpx.get(f"{server[0]}/v1/tasks/wb/tokenizer", headers=auth)
+    assert r.status_code == 404 and "text tasks" in r.json()["detail"]
+    assert httpx.get(f"{server[0]}/v1/tasks/tweets/tokenizer").status_code == 401

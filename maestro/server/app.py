@@ -19,6 +19,7 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
     POST /v1/tasks/{task}/proba|logits   scores                      (scores, white-box)
     POST /v1/tasks/{task}/gradient       input gradient (+ logits)   (white-box)
     POST /v1/tasks/{task}/tokenize|detokenize                        (text tasks)
+    GET  /v1/tasks/{task}/tokenizer      the tokenizer as JSON data  (text tasks)
     GET  /v1/tasks/{task}/embedding      embedding matrix V×D        (white-box text)
     POST /v1/tasks/{task}/embedding      input embeddings B×T×D      (white-box text)
     GET  /v1/usage                       usage per student and task  (instructors)
@@ -591,6 +592,23 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         tb = t.model.tokenize(body.texts)
         return {"input_ids": arrays.encode(tb.input_ids.numpy(), format),
                 "attention_mask": arrays.encode(tb.attention_mask.numpy(), format)}
+
+    tokenizer_cache: dict[str, dict] = {}
+
+    @app.get("/v1/tasks/{task}/tokenizer", tags=["text"],
+             summary="the model's tokenizer as JSON data (text tasks), so clients tokenize locally",
+             responses=_errors(403, 404))
+    def tokenizer(who: Who, task: str = TaskName):
+        t = get_task(task)
+        require(t, "tokenize", "labels")
+        if task not in tokenizer_cache:
+            from ..text import tokenizer_to_json
+
+            try:
+                tokenizer_cache[task] = tokenizer_to_json(t.model.tokenizer)
+            except TypeError as err:
+                raise HTTPException(404, f"task {task!r}: {err}") from None
+        return tokenizer_cache[task]
 
     @app.post("/v1/tasks/{task}/detokenize", tags=["text"], summary="texts from token ids (text tasks)",
                responses=_errors(400, 403, 404, 413))
