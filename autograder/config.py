@@ -4,12 +4,26 @@
 anything missing, misspelt or out of range raises :class:`ConfigError` naming the file, the
 table and the key. The file format (see ``assignments/01-whitebox/grading.toml``)::
 
-    [assignment]  id, title, model, dataset, max_score, pass_score
+    [assignment]  id, title, model, dataset, max_score, pass_score, kind ("attack" | "defense")
     [threat]      norm, eps, bounds, atol          -> maestro.ThreatModel
     [notebook]    file, labels ("model-predictions": hidden labels never reach the sandbox), timeout_s
-    [artifacts.NAME]  file, dtype, shape ("inputs" or a list of ints)
+    [artifacts.NAME]  file, dtype, shape ("inputs" or a list of ints)             (attack: *.npy)
+    [artifacts.NAME]  file, format = "safetensors", dtype, architecture           (defense)
+    [defense]     attacks = [{ attack = "PGD", steps = 20, ... }, ...]            (defense only)
     [split]       public_fraction, public_weight, salt   (the public/private split of the hidden set)
     [[score.terms]]  name, metric, points, zero_at, full_at, requires (optional)
+
+Two kinds of assignment (``[assignment] kind``, default "attack"):
+
+* **attack**: the notebook saves adversarial inputs (``.npy``); the scorer checks them against
+  the threat model and measures what they do to ``[assignment] model``.
+* **defense**: the notebook saves the weights of a model (``.safetensors``) whose tensors must fit
+  ``architecture`` exactly (a zoo model's name; default: ``[assignment] model``, the undefended
+  baseline). The trusted scorer builds that architecture, loads the weights (names, shapes and
+  dtype checked first; NaN/inf refused) and attacks the model itself on the hidden set with the
+  ``[defense] attacks`` suite (each attack on the points the previous ones left robust; every
+  ``x_adv`` validated by the threat model). Metrics: ``clean_accuracy``, ``robust_accuracy`` (the
+  worst case over the suite), ``success_rate`` (share of the clean-correct points the suite breaks).
 
 A score term earns ``points · clip((metric − zero_at) / (full_at − zero_at), 0, 1)``: it works
 for "higher is better" (full_at > zero_at) and "lower is better" (full_at < zero_at) metrics.
@@ -37,6 +51,10 @@ METRICS = {
 NORMS = ("linf", "l2", "l0")
 DTYPES = ("float32", "float64", "float16")
 LABEL_MODES = ("model-predictions", "none")
+KINDS = ("attack", "defense")
+FORMATS = {".npy": "npy", ".safetensors": "safetensors"}
+#: attacks a [defense] suite may name (maestro.attacks classes that work on an image ModelWrapper)
+SUITE_ATTACKS = ("FGSM", "PGD", "APGD", "SquareAttack", "SimBA", "RandomNoise")
 
 
 class ConfigError(ValueError):
@@ -62,9 +80,37 @@ class ArtifactSpec:
     file: str
     dtype: str = "float32"
     shape: str | tuple[int, ...] = "inputs"
+    format: str = "npy"  # "npy" (an array) or "safetensors" (model weights)
+    architecture: str | None = None  # safetensors: the zoo model whose architecture the weights fit
 
     def expected_shape(self, inputs_shape) -> tuple[int, ...]:
+        if self.format != "npy":
+            raise ValueError(f"artifact {self.file!r} holds model weights, not an array shaped like the inputs")
         return tuple(inputs_shape) if self.shape == "inputs" else tuple(self.shape)
+
+
+@dataclass(frozen=True)
+class SuiteAttack:
+    """One attack of a defense's reference suite: ``maestro.attacks.<attack>(threat, **options)``."""
+
+    label: str
+    attack: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    def build(self, threat):
+        from maestro import attacks
+
+        return getattr(attacks, self.attack)(threat, **dict(self.options))
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    attacks: tuple[SuiteAttack, ...]
+
+    def suite(self, threat) -> list:
+        """``[(label, attack), ...]`` for :func:`maestro.evaluation.evaluate` (fresh objects:
+        every attack starts from its own seed, so scoring is deterministic)."""
+        return [(a.label, a.build(threat)) for a in self.attacks]
 
 
 @dataclass(frozen=True)
@@ -111,6 +157,8 @@ class GradingConfig:
     max_score: float = 100.0
     pass_score: float = 0.0
     path: Path | None = None
+    kind: str = "attack"
+    defense: DefenseSpec | None = None
 
     def artifact(self, key: str | None = None) -> ArtifactSpec:
         if key is None:
@@ -181,7 +229,7 @@ def load_config(path) -> GradingConfig:
 def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
     """Validate an already-parsed TOML document (see :func:`load_config`)."""
     top = _Table(where, raw, "top level")
-    for key in ("assignment", "threat", "artifacts", "score", "split", "notebook"):
+    for key in ("assignment", "threat", "artifacts", "score", "split", "notebook", "defense"):
         top.used.add(key)
     top.done()
 
@@ -193,6 +241,7 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
     max_score = a.get("max_score", float, 100.0, check=lambda v: None if v > 0 else "must be > 0")
     pass_score = a.get("pass_score", float, 0.0,
                        check=lambda v: None if 0 <= v <= max_score else f"must lie in [0, {max_score:g}]")
+    kind = a.get("kind", str, "attack", check=_one_of(KINDS))
     a.done()
 
     t = _Table(where, raw.get("threat"), "threat")
@@ -212,17 +261,13 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
                           "[artifacts.x_adv] file = \"x_adv.npy\"")
     artifacts = []
     for key, body in arts_raw.items():
-        s = _Table(where, body, f"artifacts.{key}")
-        file = s.get("file", str, check=lambda v: None if v.endswith(".npy") and "/" not in v
-                     and "\\" not in v and not v.startswith(".") else "must be a plain *.npy file name")
-        dtype = s.get("dtype", str, "float32", check=_one_of(DTYPES))
-        shape = s.get("shape", (str, list), "inputs", what='"inputs" or a list of ints')
-        if isinstance(shape, str) and shape != "inputs" or isinstance(shape, list) and not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise ConfigError(f"{where}: [artifacts.{key}] shape: expected \"inputs\" or a list of "
-                              f"non-negative ints, got {shape!r}")
-        s.done()
-        artifacts.append(ArtifactSpec(key, file, dtype, shape if isinstance(shape, str) else tuple(shape)))
+        artifacts.append(_artifact(where, key, body, kind, model))
+    first = artifacts[0]
+    want = "npy" if kind == "attack" else "safetensors"
+    if first.format != want:
+        raise ConfigError(f"{where}: [artifacts.{first.key}] file: a {kind} assignment grades "
+                          f"a .{want} file first, got {first.file!r}")
+    defense = _defense(where, raw.get("defense"), kind, threat)
 
     sp = _Table(where, raw.get("split", {}), "split")
     frac = sp.get("public_fraction", float, 0.5,
@@ -272,4 +317,97 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
         raise ConfigError(f"{where}: the [[score.terms]] points add up to {total:g}, but "
                           f"[assignment] max_score is {max_score:g}")
     return GradingConfig(ident, title, model, dataset, threat, tuple(artifacts), tuple(terms),
-                         SplitSpec(frac, weight, salt), notebook, max_score, pass_score)
+                         SplitSpec(frac, weight, salt), notebook, max_score, pass_score,
+                         kind=kind, defense=defense)
+
+
+def _artifact(where: str, key: str, body, kind: str, model: str) -> ArtifactSpec:
+    s = _Table(where, body, f"artifacts.{key}")
+    exts = (".npy",) if kind == "attack" else tuple(FORMATS)
+
+    def plain(v):
+        if "/" in v or "\\" in v or v.startswith(".") or not v.endswith(exts):
+            return f"must be a plain {' or '.join('*' + e for e in exts)} file name"
+        return None
+
+    file = s.get("file", str, check=plain)
+    fmt = FORMATS[next(e for e in exts if file.endswith(e))]
+    s.get("format", str, fmt, check=lambda v: None if v == fmt else
+          f"{file!r} is a .{fmt} file; format must be {fmt!r} (or left out), got {v!r}")
+    dtype = s.get("dtype", str, "float32", check=_one_of(DTYPES))
+    if fmt == "npy":
+        shape = s.get("shape", (str, list), "inputs", what='"inputs" or a list of ints')
+        if isinstance(shape, str) and shape != "inputs" or isinstance(shape, list) and not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ConfigError(f"{where}: [artifacts.{key}] shape: expected \"inputs\" or a list of "
+                              f"non-negative ints, got {shape!r}")
+        s.done()
+        return ArtifactSpec(key, file, dtype, shape if isinstance(shape, str) else tuple(shape))
+    arch = s.get("architecture", str, model, check=_image_zoo_model)
+    s.done()
+    return ArtifactSpec(key, file, dtype, "inputs", fmt, arch)
+
+
+def _image_zoo_model(name: str) -> str | None:
+    from maestro.models.zoo import ZOO
+
+    if name not in ZOO:
+        return f"must name a model of the zoo ({', '.join(ZOO)}), got {name!r}"
+    if ZOO[name].recipe != "image":
+        return f"{name!r} is not an image model; a defense's weights must fit an image architecture"
+    return None
+
+
+def _default_label(attack: str, options: dict) -> str:
+    name = {"SquareAttack": "Square"}.get(attack, attack)
+    n = options.get("steps", options.get("max_queries"))
+    label = f"{name}-{n}" if n is not None else name
+    if options.get("loss") not in (None, "ce"):
+        label += f" ({options['loss']})"
+    if options.get("restarts", 1) != 1:
+        label += f" ×{options['restarts']}"
+    return label
+
+
+def _defense(where: str, raw, kind: str, threat: ThreatSpec) -> DefenseSpec | None:
+    if kind == "attack":
+        if raw is not None:
+            raise ConfigError(f"{where}: [defense] is only for [assignment] kind = \"defense\"")
+        return None
+    if raw is None:
+        raise ConfigError(f"{where}: [defense] missing: a defense assignment names its reference "
+                          "attack suite, e.g. attacks = [{ attack = \"PGD\", steps = 20 }]")
+    d = _Table(where, raw, "defense")
+    entries = d.get("attacks", list, what="an array of tables { attack = \"PGD\", ... }")
+    d.done()
+    if not entries:
+        raise ConfigError(f"{where}: [defense] attacks is empty: give at least one attack")
+    if threat.norm not in ("linf", "l2"):
+        raise ConfigError(f"{where}: [threat] norm: a defense is attacked under linf or l2, got {threat.norm!r}")
+    tm = threat.threat_model()
+    suite = []
+    for i, body in enumerate(entries):
+        name = f"defense.attacks #{i + 1}"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table {{ attack = \"PGD\", ... }}, got {body!r}")
+        options = dict(body)
+        attack = options.pop("attack", None)
+        if attack not in SUITE_ATTACKS:
+            raise ConfigError(f"{where}: [{name}] attack: must be one of {', '.join(SUITE_ATTACKS)}, "
+                              f"got {attack!r}")
+        label = options.pop("label", None)
+        if label is not None and (not isinstance(label, str) or not label.strip()):
+            raise ConfigError(f"{where}: [{name}] label: expected a non-empty string, got {label!r}")
+        if "targeted" in options:
+            raise ConfigError(f"{where}: [{name}] targeted: the suite's attacks are untargeted")
+        spec = SuiteAttack(label or _default_label(attack, options), attack, tuple(sorted(options.items())))
+        try:
+            spec.build(tm)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: [{name}] {attack}: {err}") from None
+        suite.append(spec)
+    labels = [a.label for a in suite]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: [defense] attacks: labels must be unique, got {labels} "
+                          "(set label = \"...\" on the repeated attack)")
+    return DefenseSpec(tuple(suite))

@@ -7,6 +7,15 @@ no objects) before the data is, and ``np.load(allow_pickle=False)`` reads the re
 computed on the hidden *labels* (which never enter the sandbox) separately for the public and
 private parts of the hidden set, and the formula in grading.toml turns them into points.
 
+Defense assignments (``[assignment] kind = "defense"``) submit model weights instead: a
+``.safetensors`` file, read the same careful way (regular file, size-capped by what the
+architecture needs; the header's tensor names, shapes and dtypes compared with the architecture
+before any tensor is loaded; a pickle is recognised and refused; NaN/inf weights refused). The
+weights go into a fresh instance of the zoo architecture, built here, and the reference attack
+suite (``[defense] attacks``) runs here, on the hidden inputs with the hidden labels, through
+:func:`maestro.evaluation.evaluate` (each attack on the points the previous ones left robust,
+every ``x_adv`` validated by the threat model). Clean and robust accuracy are measured per part.
+
 Nothing derived per example from the hidden labels leaves this module: reasons and outputs
 hold aggregate metrics and, for threat-model violations, the row numbers of the student's own
 ``x_adv`` (never labels, predictions or pixel values).
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -28,10 +38,12 @@ from .artifacts import ArtifactError, check_name, open_folder, read_regular
 from .config import GradingConfig, ScoreTerm
 
 __all__ = ["ArtifactRefused", "HiddenData", "Part", "ScoreResult", "load_artifact",
-           "public_mask", "score_submission", "to_gradescope"]
+           "load_weights", "public_mask", "score_submission", "to_gradescope"]
 
 _DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
 _HEADER_SLACK = 4096  # bytes a .npy header may add to the data
+_ST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16"}  # safetensors' dtype names
+_ST_HEADER_MAX = 1 << 20  # bytes a .safetensors JSON header may take (names, shapes, metadata)
 
 
 ArtifactRefused = ArtifactError  # one error type for every refused artifact
@@ -106,6 +118,7 @@ class ScoreResult:
     private_metrics: dict = field(default_factory=dict)
     passed: bool = False
     problems: list[str] = field(default_factory=list)
+    kind: str = "attack"  # grading.toml [assignment] kind
 
 
 # -- artifacts ---------------------------------------------------------------------------
@@ -232,8 +245,11 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
     ``artifacts``: artifact file name (or its key in grading.toml) -> path of the file the
     sandbox wrote (already copied out of it); a missing entry or file scores 0 with a reason.
     ``hidden``: the hidden inputs in the order the notebook saw them, their labels and the
-    public/private mask. ``model``: the assignment's model (a maestro ModelWrapper).
+    public/private mask. ``model``: the assignment's model (a maestro ModelWrapper); for a defense,
+    the undefended zoo model (its metadata names the architecture the weights must fit).
     """
+    if config.kind == "defense":
+        return _score_defense(config, artifacts, hidden, model)
     spec = config.artifact()
     threat = config.threat.threat_model()
     x = hidden.x
@@ -314,6 +330,214 @@ def _rule_text(rule: str, threat) -> str:
     }.get(rule, rule)
 
 
+# -- defense: model weights ---------------------------------------------------------------
+def _architecture(spec, model) -> dict:
+    """Metadata (arch, config, num_classes, input_shape, input_bounds) of the zoo model whose
+    architecture the weights must fit: the assignment's loaded model when it is that one."""
+    info = getattr(model, "info", None) or {}
+    if info.get("name") == spec.architecture and "arch" in info:
+        return info
+    import maestro
+
+    return maestro.models.info(spec.architecture)
+
+
+def _shape_list(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _listing(names, limit=8) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_weights(path, *, arch: str, config: dict, dtype: str = "float32", label: str = ""):
+    """Read a ``.safetensors`` file of weights for architecture ``arch`` (``config``) safely and
+    return the module (eval mode) with those weights. Refuses (ArtifactRefused, a message for the
+    student) a link or non-regular file, a file larger than the architecture needs, a pickle, a
+    header that does not parse, missing / unexpected / mis-shaped tensors or another dtype, and
+    NaN or infinite values — all checked on the header before any tensor is read."""
+    from maestro.models.archs import build_arch
+
+    path = Path(path)
+    name = path.name
+    what = f"the {label} architecture" if label else f"the {arch!r} architecture"
+    module = build_arch(arch, config)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    want = _ST_DTYPES[dtype]
+    need = sum(int(np.prod(s, dtype=np.int64)) for s in expected.values()) * np.dtype(_DTYPES[dtype]).itemsize
+    check_name(name)
+    dir_fd = open_folder(path.parent)
+    try:
+        # headroom: a float64 file of the right tensors still gets the dtype message below
+        data = read_regular(dir_fd, name, 8 + _ST_HEADER_MAX + 2 * need)
+    except ArtifactError as err:
+        if "too large" not in str(err):
+            raise
+        raise ArtifactRefused(f"{name} is much larger than the weights of {what} ({need} bytes as "
+                              f"{dtype}); save only the trained module's state_dict") from None
+    finally:
+        os.close(dir_fd)
+    if data[:2] == b"PK" or data[:1] == b"\x80":
+        raise ArtifactRefused(f"{name} is a PyTorch/pickle file (torch.save), not safetensors; pickles "
+                              "are never loaded. Save with safetensors.torch.save_file("
+                              "module.state_dict(), path)")
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    header = None
+    if 0 < n <= min(_ST_HEADER_MAX, len(data) - 8):
+        try:
+            header = json.loads(data[8:8 + n].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            header = None
+    if not isinstance(header, dict):
+        raise ArtifactRefused(f"{name} is not a valid .safetensors file (its header does not parse); "
+                              "save it with safetensors.torch.save_file(module.state_dict(), path)")
+    header.pop("__metadata__", None)
+    got = {}
+    for key, entry in header.items():
+        if (not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str)
+                or not isinstance(entry.get("shape"), list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) for d in entry["shape"])):
+            raise ArtifactRefused(f"{name} is not a valid .safetensors file (entry {key[:80]!r})")
+        got[key] = (entry["dtype"], tuple(entry["shape"]))
+    missing = [k for k in expected if k not in got]
+    extra = [k[:80] for k in got if k not in expected]
+    shapes = [f"{k} is {_shape_list(got[k][1])}, expected {_shape_list(expected[k])}"
+              for k in expected if k in got and got[k][1] != expected[k]]
+    if missing or extra or shapes:
+        why = []
+        if missing:
+            why.append(f"missing tensors: {_listing(missing)}")
+        if extra:
+            why.append(f"unexpected tensors: {_listing(extra)}")
+        if shapes:
+            why.append(f"wrong shapes: {_listing(shapes, 4)}")
+        raise ArtifactRefused(f"{name} does not fit {what} ({'; '.join(why)}); save the state_dict "
+                              "of a module built with that architecture, unchanged names")
+    dtypes = sorted({f"{k} is {got[k][0]}" for k in expected if got[k][0] != want})
+    if dtypes:
+        raise ArtifactRefused(f"{name}: the weights must be {dtype} ({want}); {_listing(dtypes, 3)} "
+                              "(module.float() before saving)")
+    try:
+        from safetensors.torch import load as load_safetensors
+
+        tensors = load_safetensors(data)
+    except Exception as err:
+        raise ArtifactRefused(f"{name} is not a valid .safetensors file: {str(err)[:200]}") from None
+    bad = [k for k in expected if not bool(torch.isfinite(tensors[k]).all())]
+    if bad:
+        raise ArtifactRefused(f"{name}: NaN or infinite values in {_listing(bad, 4)} (did the "
+                              "training diverge?); the weights cannot be graded")
+    try:
+        module.load_state_dict({k: tensors[k] for k in expected}, strict=True)
+    except Exception as err:  # the checks above should make this unreachable
+        raise ArtifactRefused(f"{name} could not be loaded into {what}: {str(err)[:200]}") from None
+    return module.eval()
+
+
+def _suite_metrics(report, x, rows: np.ndarray) -> dict:
+    """Aggregate metrics of the suite's report on the rows ``rows`` (numbers only)."""
+    mask = torch.from_numpy(rows)
+    n = int(mask.sum())
+    ok = report.clean_correct.cpu() & mask
+    robust = report.robust.cpu() & mask
+    hit = ok & ~robust
+    n_ok = int(ok.sum())
+    delta = (report.x_adv[hit].double() - x[hit].double()).flatten(1)
+    linf = delta.abs().amax(1) if delta.shape[1] else torch.zeros(len(delta), dtype=torch.double)
+    l2 = delta.norm(dim=1)
+
+    def med(v):
+        return float(v.median()) if len(v) else float("nan")
+
+    return {
+        "n": n,
+        "clean_accuracy": n_ok / n if n else float("nan"),
+        "robust_accuracy": int(robust.sum()) / n if n else float("nan"),
+        "success_rate": int(hit.sum()) / n_ok if n_ok else float("nan"),
+        "median_linf": med(linf),
+        "median_l2": med(l2),
+        "queries": None,  # the grader's own attacks: no student queries
+    }
+
+
+def _suite_part(report, rows: np.ndarray, label: str, visibility: str) -> Part:
+    """A 0-point line for the feedback: the part's accuracy after each attack of the suite."""
+    mask = torch.from_numpy(rows)
+    n = max(int(mask.sum()), 1)
+    left = report.clean_correct.cpu() & mask
+    steps = [f"clean {100 * int(left.sum()) / n:.1f}%"]
+    for row in report.rows:
+        broken = torch.tensor([b == row.attack for b in report.broken_by]) & mask
+        left = left & ~broken
+        steps.append(f"{row.attack} {100 * int(left.sum()) / n:.1f}%")
+    return Part(f"{label}: robustness under the attack suite", 0.0, 0.0,
+                "accuracy after each attack (each on what the previous left): " + " → ".join(steps),
+                visibility)
+
+
+def _score_defense(config: GradingConfig, artifacts: dict, hidden: HiddenData, model) -> ScoreResult:
+    import maestro
+    from maestro.evaluation import evaluate
+
+    spec = config.artifact()
+    threat = config.threat.threat_model()
+    shares = {"public": config.split.public_weight, "private": 1.0 - config.split.public_weight}
+    rows = {"public": hidden.public, "private": ~hidden.public}
+    path = artifacts.get(spec.file, artifacts.get(spec.key))
+    problems: list[str] = []
+    wrapped = None
+    if path is None:
+        problems.append(f"{spec.file} was not produced: the notebook must save the trained "
+                        "weights in output_dir (did every cell run without an error?)")
+    else:
+        meta = _architecture(spec, model)
+        try:
+            module = load_weights(path, arch=meta["arch"], config=meta["config"], dtype=spec.dtype,
+                                  label=f"{spec.architecture} ({meta['arch']})")
+            wrapped = maestro.models.wrap(
+                module, num_classes=meta["num_classes"], input_shape=meta.get("input_shape"),
+                input_bounds=tuple(meta.get("input_bounds") or (0.0, 1.0)), name="submission")
+            x = hidden.x.to(torch.float32)
+            if not bool(torch.isfinite(wrapped.logits(x)).all()):
+                raise ArtifactRefused(f"{spec.file}: the model outputs NaN or infinite logits on the "
+                                      "hidden inputs; the weights cannot be graded")
+        except ArtifactRefused as err:
+            problems.append(str(err))
+            wrapped = None
+
+    parts: list[Part] = []
+    split_metrics: dict[str, dict] = {}
+    overall: dict = {"valid": False}
+    if wrapped is None:
+        for label in ("public", "private"):
+            if shares[label] > 0:
+                parts += _zero_parts(config, shares[label], label, label, problems[0])
+            split_metrics[label] = {"valid": False}
+    else:
+        from maestro.models.train import num_threads
+
+        # one torch thread: these models are tiny, and on a grading machine busy with sandboxes
+        # more threads only contend (measured ~5x slower with 2 threads on 2 busy cores)
+        with num_threads(1):
+            report = evaluate(wrapped, (x, hidden.y), threat=threat,
+                              attacks=config.defense.suite(threat), progress=False)
+        for label in ("public", "private"):
+            if shares[label] <= 0:
+                continue
+            m = _suite_metrics(report, x, rows[label])
+            m["valid"] = True
+            split_metrics[label] = m
+            parts += _term_parts(config.terms, m, shares[label], label, label)
+            parts.append(_suite_part(report, rows[label], label, label))
+        overall = _suite_metrics(report, x, np.ones(len(x), dtype=bool))
+        overall["valid"] = True
+    score = round(sum(p.points for p in parts), 4)
+    return ScoreResult(score, config.max_score, parts, overall, split_metrics.get("public", {}),
+                       split_metrics.get("private", {}), passed=score >= config.pass_score,
+                       problems=problems, kind="defense")
+
+
 # -- Gradescope ----------------------------------------------------------------------------
 def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict:
     """The Gradescope ``results.json`` dict: ``score``, ``output``, ``tests`` (name, score,
@@ -331,19 +555,30 @@ def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict
             "visibility": "hidden" if private and not deadline_passed else "visible",
         })
     pub = result.public_metrics
-    lines = [f"public part: success {_fmt('success_rate', pub.get('success_rate'))}, "
-             f"median L2 {_fmt('median_l2', pub.get('median_l2'))}" if pub.get("valid")
+    defense = result.kind == "defense"
+
+    def summary(m) -> str:
+        if defense:
+            return (f"clean accuracy {_fmt('clean_accuracy', m.get('clean_accuracy'))}, "
+                    f"robust accuracy {_fmt('robust_accuracy', m.get('robust_accuracy'))}")
+        return (f"success {_fmt('success_rate', m.get('success_rate'))}, "
+                f"median L2 {_fmt('median_l2', m.get('median_l2'))}")
+
+    lines = [f"public part: {summary(pub)}" if pub.get("valid")
              else "public part: not scored (see the tests below)"]
     if deadline_passed:
         priv = result.private_metrics
-        lines.append(f"private part: success {_fmt('success_rate', priv.get('success_rate'))}, "
-                     f"median L2 {_fmt('median_l2', priv.get('median_l2'))}" if priv.get("valid")
-                     else "private part: not scored")
+        lines.append(f"private part: {summary(priv)}" if priv.get("valid") else "private part: not scored")
         lines.append(f"total: {result.score:g} / {result.max_score:g}")
     else:
         lines.append("private part: scored after the deadline")
     leaderboard = []
-    if pub.get("valid"):
+    if pub.get("valid") and defense:
+        leaderboard = [
+            {"name": "robust accuracy (public)", "value": round(100 * pub["robust_accuracy"], 2), "order": "desc"},
+            {"name": "clean accuracy (public)", "value": round(100 * pub["clean_accuracy"], 2), "order": "desc"},
+        ]
+    elif pub.get("valid"):
         leaderboard = [
             {"name": "success rate (public)", "value": round(100 * pub["success_rate"], 2), "order": "desc"},
             {"name": "median L2 (public)", "value": round(pub["median_l2"], 4)

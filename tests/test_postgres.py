@@ -262,7 +262,7 @@ def test_gradebook_on_postgres_shared_by_nbgrader_and_the_driver(pg_course):
     cfg = load_config(pg_course / "source" / A / "grading.toml")
     when = dt.datetime(2026, 11, 25, 12, 0)
     with gradebook(pg_course) as gb:
-        assert [a.name for a in gb.assignments] == [A]
+        assert A in [a.name for a in gb.assignments]
         cells = _graded_cells(gb, A)  # written by `nbgrader generate_assignment`, read here
         assert cells > 0
         points = sum(c.max_score for nb in gb.find_assignment(A).notebooks for c in nb.grade_cells)

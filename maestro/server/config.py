@@ -235,7 +235,7 @@ class ServerConfig:
         """Read ``server.toml`` (or a course directory containing it)."""
         path = Path(path).expanduser()
         if path.is_dir():
-            found = sorted(p.parent.name for p in path.glob("source/*/grading.toml"))
+            found = sorted(p.parent.name for p in path.glob("source/*/grading.toml") if _uploadable(p))
             if not (path / CONFIG_NAME).is_file() and (path / "maestro.toml").is_file() and found:
                 # a `maestro course init` course: take submissions for every assignment
                 return cls.from_dict({"submissions": {"assignments": found}}, course_dir=path)
@@ -248,3 +248,14 @@ class ServerConfig:
             except tomllib.TOMLDecodeError as err:
                 raise ValueError(f"{path}: not valid TOML: {err}") from None
         return cls.from_dict(data, course_dir=path.parent)
+
+
+def _uploadable(grading_toml: Path) -> bool:
+    """Can the server take uploads for this assignment? Attack units (an ``.npy`` artifact) yes;
+    defense units (model weights, graded by ``maestro autograde``) no."""
+    from autograder.config import load_config
+
+    try:
+        return getattr(load_config(grading_toml), "kind", "attack") == "attack"
+    except ValueError:
+        return False

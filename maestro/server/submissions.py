@@ -62,6 +62,10 @@ class Assignment:
         self.config = load_config(path)
         if self.config.id != ident:
             raise ValueError(f"{path}: [assignment] id {self.config.id!r} is not {ident!r}")
+        if getattr(self.config, "kind", "attack") != "attack":
+            raise ValueError(f"[submissions] assignment {ident!r} is a {self.config.kind} unit (its "
+                             "artifact is model weights): the server takes .npy uploads of attack "
+                             "units only; grade it with `maestro autograde`")
         self.id = ident
         self.course = Path(course)
         self.secret = read_secret(course)
