@@ -79,6 +79,7 @@ OPERATIONS = [
     ("POST", "/v1/tasks/{task}/gradient"),
     ("POST", "/v1/tasks/{task}/tokenize"),
     ("POST", "/v1/tasks/{task}/detokenize"),
+    ("GET", "/v1/tasks/{task}/tokenizer"),
     ("GET", "/v1/tasks/{task}/embedding"),
     ("POST", "/v1/tasks/{task}/embedding"),
     ("GET", "/v1/usage"),
