@@ -41,6 +41,8 @@ def _autograde(args: argparse.Namespace) -> int:
         line = f"{o.student:<{width}}  {o.state:<7}  {o.score:6.1f} / {o.max_score:g}"
         if o.state in ("failed", "error"):
             line += f"  {o.reason[:160]}"
+        elif o.state == "graded" and o.problems and not o.passed:
+            line += f"  {o.problems[0][:160]}"
         print(line)
     counts = {s: sum(o.state == s for o in outcomes) for s in ("graded", "failed", "skipped", "error")}
     print(f"{counts['graded']} graded, {counts['failed']} failed (score 0), {counts['skipped']} "

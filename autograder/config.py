@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .oracle import OracleSpec
+
 #: metrics the scorer computes for each part (public / private) of the hidden set
 METRICS = {
     "success_rate": "fraction of the examples the model classifies correctly (clean) that x_adv "
@@ -47,6 +49,8 @@ METRICS = {
     "clean_accuracy": "fraction of all examples classified correctly without attack",
     "median_linf": "median L∞ distance of the successful adversarial examples",
     "median_l2": "median L2 distance of the successful adversarial examples",
+    "queries_per_example": "queries the grader's oracle counted for the whole notebook run, "
+    "divided by the number of hidden examples (black-box units: needs [oracle])",
 }
 NORMS = ("linf", "l2", "l0")
 DTYPES = ("float32", "float64", "float16")
@@ -159,6 +163,7 @@ class GradingConfig:
     path: Path | None = None
     kind: str = "attack"
     defense: DefenseSpec | None = None
+    oracle: OracleSpec | None = None  # black-box units: the model is reached through an oracle
 
     def artifact(self, key: str | None = None) -> ArtifactSpec:
         if key is None:
@@ -229,7 +234,7 @@ def load_config(path) -> GradingConfig:
 def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
     """Validate an already-parsed TOML document (see :func:`load_config`)."""
     top = _Table(where, raw, "top level")
-    for key in ("assignment", "threat", "artifacts", "score", "split", "notebook", "defense"):
+    for key in ("assignment", "threat", "artifacts", "score", "split", "notebook", "defense", "oracle"):
         top.used.add(key)
     top.done()
 
@@ -312,13 +317,33 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
         if term.requires is not None and (term.requires not in names or term.requires == term.name):
             raise ConfigError(f"{where}: [score.terms {term.name!r}] requires {term.requires!r}: "
                               f"must name another term ({', '.join(names)})")
+    oracle = _oracle(where, raw.get("oracle"), kind)
+    if oracle is None and any(t.metric == "queries_per_example" for t in terms):
+        raise ConfigError(f"{where}: [[score.terms]] metric queries_per_example needs an [oracle] table "
+                          "(the oracle counts the queries)")
     total = sum(t.points for t in terms)
     if not math.isclose(total, max_score, rel_tol=1e-9):
         raise ConfigError(f"{where}: the [[score.terms]] points add up to {total:g}, but "
                           f"[assignment] max_score is {max_score:g}")
     return GradingConfig(ident, title, model, dataset, threat, tuple(artifacts), tuple(terms),
                          SplitSpec(frac, weight, salt), notebook, max_score, pass_score,
-                         kind=kind, defense=defense)
+                         kind=kind, defense=defense, oracle=oracle)
+
+
+def _oracle(where: str, raw, kind: str) -> OracleSpec | None:
+    """[oracle] access, queries_per_example, private_model (see autograder.oracle.OracleSpec)."""
+    if raw is None:
+        return None
+    if kind != "attack":
+        raise ConfigError(f"{where}: [oracle] is only for attack assignments")
+    o = _Table(where, raw, "oracle")
+    spec = OracleSpec(
+        o.get("access", str, "scores", check=_one_of(("labels", "scores", "white-box"))),
+        o.get("queries_per_example", int, 1000, check=lambda v: None if v >= 1 else "must be ≥ 1"),
+        o.get("private_model", bool, True),
+    )
+    o.done()
+    return spec
 
 
 def _artifact(where: str, key: str, body, kind: str, model: str) -> ArtifactSpec:

@@ -53,6 +53,7 @@ class CourseSettings:
     cpu_seconds: int = 600
     processes: int = 256
     sandbox: str = "auto"             # "auto", "bwrap" or "fallback"
+    gpu: bool = False                 # give each sandbox the host's NVIDIA GPU(s)
 
 
 def gradebook(course: Path, ident: str | None = None):
@@ -170,6 +171,7 @@ def _settings_toml(s: CourseSettings, ident: str) -> str:
         f"cpu_seconds = {s.cpu_seconds}\n"
         f"processes = {s.processes}\n"
         f"sandbox = \"{s.sandbox}\"          # auto: bubblewrap, else a loud fallback\n"
+        f"gpu = {str(s.gpu).lower()}               # true: the sandbox gets the host's NVIDIA GPU(s)\n"
     )
 
 

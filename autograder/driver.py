@@ -13,8 +13,8 @@ For each ``submitted/<student>/<assignment>/<notebook>.ipynb`` (nbgrader's layou
 4. the driver writes ``autograded/<student>/<assignment>/results.json`` (Gradescope format,
    plus ``extra_data.maestro``: notebook sha256, run status, reason; never copied to feedback:
    the course's ``CourseDirectory.ignore`` lists it), the executed notebook beside it with its
-   outputs removed (whole under ``.maestro/runs/``), ``feedback.html`` (public parts only) in
-   autograded/ and feedback/ — so ``nbgrader generate_feedback`` keeps it — the grade into
+   outputs removed (whole under ``.maestro/runs/``), ``feedback.html`` (public parts only)
+   beside them — ``nbgrader generate_feedback`` copies it into feedback/ — the grade into
    nbgrader's gradebook (one transaction per submission; only the driver's thread touches the
    gradebook) and a line in ``.maestro/history/<assignment>.jsonl`` for the leaderboard.
 
@@ -32,6 +32,7 @@ process tree); scoring and all writes happen in the calling thread.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime as _dt
 import hashlib
 import html
@@ -49,6 +50,7 @@ import numpy as np
 from .config import GradingConfig, load_config
 from .course import gradebook, load_settings, read_secret
 from .leaderboard import Entry, append_history
+from .oracle import OracleJob
 from .sandbox import Limits, RunResult, probe_bwrap, run_notebook
 
 __all__ = ["Outcome", "autograde", "feedback_html", "find_submissions"]
@@ -65,6 +67,8 @@ class Outcome:
     max_score: float
     reason: str = ""
     results: Path | None = None
+    problems: tuple = ()      # what the scorer found (threat-model breaks, ...), for the summary
+    passed: bool = True
 
 
 def sha256_file(path: Path) -> str:
@@ -128,7 +132,8 @@ def _failed_result(config: GradingConfig, reason: str):
                        {"valid": False}, passed=config.pass_score <= 0, problems=[reason])
 
 
-def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden, model):
+def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden, model,
+               queries: int | None = None):
     """(ScoreResult, failure reason or ""): score the artifact if the run left a valid one."""
     from .scoring import score_submission
 
@@ -143,7 +148,7 @@ def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden,
         return _failed_result(config, reason), reason
     # "error": a cell failed AFTER the artifact was saved (e.g. the notebook's own success
     # check); the artifact is what is graded, the error is reported
-    result = score_submission(config, {spec.file: path}, hidden, model)
+    result = score_submission(config, {spec.file: path}, hidden, model, queries=queries)
     if run.status == "error":
         result.problems.insert(0, f"the notebook stopped with an error after saving {spec.file}: "
                                   f"{run.reason}")
@@ -228,7 +233,9 @@ def feedback_html(config: GradingConfig, student: str, gradescope: dict, result,
                    f"<li>clean accuracy of the model: {_pct(pub.get('clean_accuracy'))}</li>"
                    f"<li>attack success rate: {_pct(pub.get('success_rate'))}</li>"
                    f"<li>robust accuracy: {_pct(pub.get('robust_accuracy'))}</li>"
-                   f"<li>median L∞ / L2 of successful examples: {_num(pub.get('median_linf'))} / "
+                   + (f"<li>oracle queries per example (the whole run): {pub['queries_per_example']:.1f}</li>"
+                      if pub.get("queries_per_example") is not None else "")
+                   + f"<li>median L∞ / L2 of successful examples: {_num(pub.get('median_linf'))} / "
                    f"{_num(pub.get('median_l2'))}</li></ul>")
     # private-part problems name rows of the private part: not before the deadline
     problems = "".join(f"<li>{e(p)}</li>" for p in result.problems if not p.startswith("private part"))
@@ -315,6 +322,22 @@ def _graded_cells(gb, assignment: str) -> int:
     return sum(len(nb.grade_cells) for nb in a.notebooks)
 
 
+def _scratch_root(course: Path) -> Path:
+    """``.maestro/tmp`` in the course: the grader's work folders (hidden inputs, sandbox work
+    dirs). Folders left by a grader that was killed (its pid no longer runs) are removed."""
+    root = course / ".maestro" / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.glob("run-*-*"):
+        try:
+            pid = int(old.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+    return root
+
+
 # -- running the notebooks: local threads or Dask tasks -----------------------------------------
 @dataclass(frozen=True)
 class _Job:
@@ -325,17 +348,29 @@ class _Job:
     limits: Limits
     sandbox: str  # "bwrap", "fallback" or "auto" (the worker decides)
     zoo: bool = True  # bind the model zoo (read-only) into the sandbox
+    oracle: OracleJob | None = None  # black-box units: the model behind an oracle process
+    gpu: bool = False  # give the sandbox the host's NVIDIA GPU(s)
 
 
-def _run_in(workdir: Path, job: _Job, nb: Path, inputs: Path, zoo) -> RunResult:
+#: where a Dask worker keeps the private oracle models (never inside the zoo a sandbox may see)
+_WORKER_ORACLE_MODELS = Path.home() / ".cache" / "maestro-oracle-models"
+
+
+def _run_in(workdir: Path, job: _Job, nb: Path, inputs: Path, zoo, session=None) -> RunResult:
+    """One sandboxed run; ``session``: its token on the unit's oracle (black-box units), whose
+    socket is bound into the sandbox (the same path inside) and whose URL and token become
+    papermill parameters."""
     sandbox = job.sandbox
     if sandbox == "auto":
         sandbox = "bwrap" if probe_bwrap()[0] else "fallback"
     where = "/sandbox/inputs" if sandbox == "bwrap" else str(workdir / "inputs")
     params = {**job.params, "inputs_path": f"{where}/inputs.npy"}
+    if session is not None:
+        params.update(session.parameters())
     return run_notebook(nb, workdir=workdir, parameters=params, inputs={"inputs.npy": inputs},
                         outputs=list(job.outputs), limits=job.limits, sandbox=sandbox,
-                        maestro_home=zoo if job.zoo else None)
+                        maestro_home=zoo if job.zoo else None, gpu=job.gpu,
+                        sockets=[session.socket_path] if session is not None else None)
 
 
 def _workdir(tmp: Path, who: str) -> Path:
@@ -344,14 +379,17 @@ def _workdir(tmp: Path, who: str) -> Path:
     return workdir
 
 
-def _local_runs(workers: int, job: _Job, todo: dict, inputs: Path, tmp: Path, zoo):
-    """Yield (student, RunResult | None, grader error, workdir) as the runs finish."""
+def _local_runs(workers: int, job: _Job, todo: dict, inputs: Path, tmp: Path, zoo, oracle=None):
+    """Yield (student, RunResult | None, grader error, workdir, oracle queries | None) as the
+    runs finish. ``oracle``: the unit's running oracle; each run gets a fresh token on it."""
     def one(who: str, nb: Path):
         workdir = _workdir(tmp, who)
+        session = oracle.issue(who) if oracle is not None else None
         try:
-            return _run_in(workdir, job, nb, inputs, zoo), "", workdir
+            run = _run_in(workdir, job, nb, inputs, zoo, session)
+            return run, "", workdir, session.queries() if session is not None else None
         except Exception as err:  # the grader's problem, not the student's: still recorded
-            return None, f"{type(err).__name__}: {err}", workdir
+            return None, f"{type(err).__name__}: {err}", workdir, None
 
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(one, who, nb): who for who, (nb, _) in todo.items()}
@@ -375,8 +413,16 @@ def run_task(job: _Job, notebook: bytes, notebook_name: str, inputs: bytes) -> d
         from maestro._home import maestro_home
 
         zoo = maestro_home() if job.zoo else None  # the worker's own zoo
-        run = _run_in(workdir, job, nb, tmp / "in" / "inputs.npy", zoo)
+        queries = None
+        if job.oracle is not None:  # the worker's own oracle (its private build made once)
+            with job.oracle.serve(_WORKER_ORACLE_MODELS, zoo=maestro_home()) as oracle:
+                session = oracle.issue("dask-task")
+                run = _run_in(workdir, job, nb, tmp / "in" / "inputs.npy", zoo, session)
+                queries = session.queries()
+        else:
+            run = _run_in(workdir, job, nb, tmp / "in" / "inputs.npy", zoo)
         return {
+            "queries": queries,
             "status": run.status, "reason": run.reason, "duration": run.duration,
             "sandbox": run.sandbox, "log_tail": run.log_tail,
             "artifact_errors": dict(run.artifact_errors),
@@ -427,9 +473,10 @@ def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: Path, tmp: Path, a
             who = futures[fut]
             workdir = _workdir(tmp, who)
             try:
-                yield who, _from_task(fut.result(), workdir), "", workdir
+                answer = fut.result()
+                yield who, _from_task(answer, workdir), "", workdir, answer.get("queries")
             except Exception as err:  # a worker that died, a lost connection, ...
-                yield who, None, f"the Dask task failed: {type(err).__name__}: {err}", workdir
+                yield who, None, f"the Dask task failed: {type(err).__name__}: {err}", workdir, None
             finally:
                 fut.release()
 
@@ -497,29 +544,44 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
             log(f"maestro autograde: WARNING: {why}; running WITHOUT the bubblewrap sandbox")
     zoo = maestro_home(home)
     hidden = HiddenData.load(config, read_secret(course))
-    model = maestro.models.load(config.model, home=home)
+    oracle_job = None
+    if config.oracle is not None:  # black-box: no zoo in the sandbox, the model behind an oracle
+        t = config.threat
+        oracle_job = OracleJob.for_unit(
+            config.oracle, assignment=config.id, model=config.model, dataset=config.dataset,
+            threat={"norm": t.norm, "eps": t.eps, "bounds": list(t.bounds)}, n_inputs=len(hidden.x),
+            secret=read_secret(course))
+        oracle_models = course / ".maestro" / "oracle-models"
+        model = oracle_job.load_model(oracle_models, zoo=home)  # scored on the oracle's model
+    else:
+        model = maestro.models.load(config.model, home=home)
     spec = config.artifact()
     params_base = {"labels_path": None, "eps": config.threat.eps, "quick": False}
 
-    with tempfile.TemporaryDirectory(prefix="maestro-autograde-") as tmp:
+    scratch = _scratch_root(course)
+    with tempfile.TemporaryDirectory(prefix=f"run-{os.getpid()}-", dir=scratch) as tmp:
         tmp = Path(tmp)
         inputs = tmp / "inputs.npy"
         np.save(inputs, hidden.x.numpy().astype(spec.dtype))
         # on Dask each worker probes bubblewrap itself (its machine may differ from this one)
-        job = _Job(params_base, [spec.file], limits, settings.sandbox if scheduler else sandbox)
+        job = _Job(params_base, [spec.file], limits, settings.sandbox if scheduler else sandbox,
+                   zoo=oracle_job is None, oracle=oracle_job, gpu=bool(settings.gpu))
+        stack = contextlib.ExitStack()
         if scheduler:
             runs = _dask_runs(scheduler, job, todo, inputs, tmp, assignment, log)
         else:
-            runs = _local_runs(workers, job, todo, inputs, tmp, zoo)
+            oracle = (stack.enter_context(oracle_job.serve(oracle_models, zoo=home))
+                      if oracle_job is not None else None)
+            runs = _local_runs(workers, job, todo, inputs, tmp, zoo, oracle)
 
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=len(todo), desc=f"autograde {assignment}", unit="nb", disable=not show)
         failed = 0
-        with gradebook(course) as gb:
-            for who, run, error, workdir in runs:
+        with stack, gradebook(course) as gb:
+            for who, run, error, workdir, queries in runs:
                 nb, digest = todo[who]
                 try:
-                    result, why = _score_run(config, run, error, hidden, model)
+                    result, why = _score_run(config, run, error, hidden, model, queries)
                 except Exception as err:  # a scorer bug must not stop the other submissions
                     why = f"the grader failed while scoring: {type(err).__name__}: {err}"
                     result = _failed_result(config, why)
@@ -533,6 +595,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                     "sandbox": run.sandbox if run else sandbox, "graded_at": now.isoformat(),
                     "runner": f"dask {scheduler}" if scheduler else f"local, {workers} worker(s)",
                     "max_score": config.max_score, "passed": bool(result.passed),
+                    "oracle_queries": queries,
                     "problems": list(result.problems),
                 }}
                 try:
@@ -543,16 +606,17 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                         _keep_executed(course, assignment, who, run.executed_notebook, out / nb_name)
                     page = feedback_html(config, who, gs, result, status=status, reason=why,
                                          graded_at=now.isoformat())
-                    # in autograded/ too: `nbgrader generate_feedback` replaces feedback/<student>/
-                    # <assignment>/ and copies the non-notebook files of autograded/ into it
+                    # in autograded/ only: `nbgrader generate_feedback` copies the non-notebook files
+                    # of autograded/ beside its own page into feedback/ (and skips a student whose
+                    # feedback/ folder already exists unless --force, so nothing is written there)
                     _write_atomic(out / "feedback.html", page)
-                    _write_atomic(course / "feedback" / who / assignment / "feedback.html", page)
                     _record(gb, assignment, who, result.score, config.max_score, now.replace(tzinfo=None))
                     _write_atomic(out / "results.json", json.dumps(_finite(gs), indent=2, allow_nan=False) + "\n")
                     append_history(course, history_entry(config, who, result, nb, digest, run, status))
                     state = "failed" if why else "graded"
                     outcomes[who] = Outcome(who, state, result.score, config.max_score, why,
-                                            out / "results.json")
+                                            out / "results.json", tuple(result.problems),
+                                            bool(result.passed))
                 except Exception as err:  # e.g. a locked gradebook: report it, grade the others
                     state = "error"
                     outcomes[who] = Outcome(who, state, result.score, config.max_score,

@@ -11,6 +11,9 @@ zoo; a private size-capped tmpfs ``/tmp``; ``/sandbox/work`` (this submission an
 ``outputs/`` folder) as the only writable folder; the inputs read-only under
 ``/sandbox/inputs``. Nothing else of the host is visible: not ``/``, not the course folder,
 not other students. The sandbox runs as uid 1000 inside, with an explicit environment.
+The one way out, if asked (``sockets=``): UNIX socket files bound read-only at their own
+absolute paths, e.g. the grader's model oracle for black-box units (``autograder.oracle``);
+a socket is reachable through its file, whatever the network namespace.
 
 Limits (``Limits``): RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC per process, a
 wall-clock deadline for the WHOLE notebook (the process tree is killed; with bwrap the pid
@@ -34,6 +37,7 @@ result: the notebook then sees the host file system.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import shutil
@@ -168,7 +172,8 @@ def _limited(argv: list[str], limits: Limits, nproc: int) -> list[str]:
     has threads (and it has: several runs may share a process).
     """
     cpu = max(1, int(limits.cpu_seconds))
-    prlimit = ["prlimit", f"--cpu={cpu}:{cpu + 5}", f"--as={limits.memory_bytes}",
+    prlimit = ["prlimit", f"--cpu={cpu}:{cpu + 5}",
+               f"--as={limits.memory_bytes or 'unlimited'}",
                f"--fsize={limits.file_size_bytes}", f"--nproc={nproc}", "--core=0", "--"]
     script = 'read -r _ || exit 111; exec </dev/null; exec "$@"'  # the gate is stdin
     return ["/bin/sh", "-c", script, "maestro-sandbox", *prlimit, *argv]
@@ -321,6 +326,7 @@ def run_notebook(
     sandbox: str = "auto",
     gpu: bool = False,
     maestro_home: str | os.PathLike[str] | None = None,
+    sockets: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...] | None = None,
 ) -> RunResult:
     """Execute ``notebook_path`` in a sandbox; return status, reason and validated artifacts.
 
@@ -329,7 +335,11 @@ def run_notebook(
     write the ``outputs`` artifacts). ``workdir`` is a fresh host folder for this run (the
     grader's, never the course folder): it receives ``work/`` (the sandbox's only writable
     folder), ``artifacts/`` (validated copies) and ``executed.ipynb``.
-    ``maestro_home``: the model zoo folder, bound read-only as ``$MAESTRO_HOME`` if given.
+    ``maestro_home``: the model zoo folder, bound read-only as ``$MAESTRO_HOME`` if given;
+    leave it out (None) and the notebook sees no zoo at all (black-box units).
+    ``sockets``: absolute paths of UNIX sockets the notebook may connect to (the grader's
+    oracle), each bound read-only at the SAME path inside, so a URL such as
+    ``unix:///tmp/maestro-oracle-x/oracle.sock`` works unchanged inside and outside.
     """
     limits = limits or Limits()
     parameters = dict(parameters or {})
@@ -340,8 +350,16 @@ def run_notebook(
             raise ValueError(f"parameter name {reserved!r} is reserved by the sandbox")
     for name in [*inputs, *outputs]:
         _artifacts.check_name(name) if name in outputs else _check_input_name(name)
+    socket_paths = [_check_socket(p) for p in (sockets or ())]
+    gpu_devices = gpu_device_nodes() if gpu else []
+    if gpu and not gpu_devices:
+        raise RuntimeError("gpu=True, but this host has no NVIDIA device nodes (/dev/nvidiactl, "
+                           "/dev/nvidia0, ...): grade on the CPU (maestro.toml [grading] gpu = false)")
     if gpu:
-        raise NotImplementedError("gpu=True is not supported by the sandbox yet (CPU only)")
+        # CUDA reserves tens of GiB of virtual address space at start: an RLIMIT_AS cap would
+        # stop it, so a GPU run has no address-space limit (CPU time, processes, files, wall
+        # clock and the disk quota still hold; GPU memory is the card's)
+        limits = dataclasses.replace(limits, memory_bytes=0)
     if sandbox not in ("auto", "bwrap", "fallback"):
         raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'fallback', not {sandbox!r}")
 
@@ -392,6 +410,10 @@ def run_notebook(
               "parameters": nb_params, "cwd": root_work, "output_bytes": limits.output_bytes}
     python = sys.executable
     env = _sandbox_env(f"{root_work}/home", tmp, zoo, str(Path(python).parent))
+    if gpu_devices:  # the grader's choice of cards (all of them if it made none)
+        env.pop("CUDA_VISIBLE_DEVICES")
+        if "CUDA_VISIBLE_DEVICES" in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
 
     read_fd, write_fd = os.pipe()
     gate_r, gate_w = os.pipe()
@@ -399,7 +421,8 @@ def run_notebook(
     opened: list[int] = []
     try:
         if sandbox == "bwrap":
-            argv, opened = _bwrap_argv(limits, python, work, staged_inputs, maestro_home)
+            argv, opened = _bwrap_argv(limits, python, work, staged_inputs, maestro_home,
+                                       socket_paths, gpu_devices)
         else:
             argv = _fallback_argv()
         argv += [python, "-I", runner, json.dumps(config), str(write_fd)]
@@ -485,6 +508,28 @@ def _strip_setid_bits(folder: Path) -> None:
                     os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
             except OSError:
                 pass
+
+
+_SOCKET_FORBIDDEN = ("/sandbox", "/usr", "/proc", "/dev", "/etc", "/bin", "/sbin", "/lib", "/lib32",
+                     "/lib64", "/libx32")
+
+
+def _check_socket(path: str | os.PathLike[str]) -> Path:
+    """An absolute path to an existing UNIX socket (not a symlink), outside the sandbox's own
+    mount points, with no '..' (the sandbox binds it at the same path)."""
+    p = Path(path)
+    if not p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"sockets: {str(path)!r} must be an absolute path without '..'")
+    if any(p == Path(top) or Path(top) in p.parents for top in _SOCKET_FORBIDDEN):
+        raise ValueError(f"sockets: {str(path)!r} lies under a folder the sandbox mounts itself "
+                         f"({', '.join(_SOCKET_FORBIDDEN)}); put the socket elsewhere, e.g. /tmp")
+    try:
+        mode = os.lstat(p).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"sockets: {str(path)!r} does not exist (is the server running?)") from None
+    if not stat.S_ISSOCK(mode):
+        raise ValueError(f"sockets: {str(path)!r} is not a UNIX socket")
+    return p
 
 
 def _check_input_name(name: str) -> None:
@@ -584,7 +629,8 @@ def _copy_executed(work: Path, dest: Path, limits: Limits) -> Path | None:
 
 
 def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
-                maestro_home: str | os.PathLike[str] | None) -> tuple[list[str], list[int]]:
+                maestro_home: str | os.PathLike[str] | None,
+                sockets: list[Path] = (), devices: list[str] = ()) -> tuple[list[str], list[int]]:
     """The bwrap command line; host folders travel as O_PATH fds (opened here, as root)."""
     fds: list[int] = []
 
@@ -616,8 +662,29 @@ def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
     argv += ro(staged_inputs, "/sandbox/inputs")
     if maestro_home:
         argv += ro(Path(maestro_home).resolve(), "/sandbox/maestro-home")
+    for sock in sockets:  # connect() needs no write access to the mount: read-only is enough
+        fd = os.open(sock, os.O_PATH | os.O_NOFOLLOW)
+        fds.append(fd)
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ValueError(f"sockets: {str(sock)!r} is no longer a UNIX socket")
+        argv += ["--ro-bind-fd", str(fd), str(sock)]
+    for dev in devices:  # the GPU: its device nodes (the driver's libraries are under /usr)
+        argv += ["--dev-bind", dev, dev]
     argv += ["--chdir", "/sandbox/work"]
     return argv, fds
+
+
+def gpu_device_nodes() -> list[str]:
+    """The NVIDIA device nodes a GPU run needs (control, UVM, the cards, capabilities); empty
+    when the host has no NVIDIA GPU. ``CUDA_VISIBLE_DEVICES`` in the grader's environment
+    still chooses among the cards inside the sandbox."""
+    nodes = sorted(str(p) for p in Path("/dev").glob("nvidia*") if p.is_char_device())
+    caps = Path("/dev/nvidia-caps")
+    if caps.is_dir():
+        nodes += sorted(str(p) for p in caps.iterdir() if p.is_char_device())
+    if "/dev/nvidiactl" not in nodes or not any(n[len("/dev/nvidia"):].isdigit() for n in nodes):
+        return []
+    return nodes
 
 
 def _fallback_argv() -> list[str]:

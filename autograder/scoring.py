@@ -204,11 +204,20 @@ def _metrics(x, x_adv, y, model, rows: np.ndarray) -> dict:
     }
 
 
+def _query_metrics(queries: int | None, n: int) -> dict:
+    """The oracle's count for the whole run: it cannot be split between the parts."""
+    if queries is None:
+        return {}
+    return {"queries": int(queries), "queries_per_example": int(queries) / n if n else float("nan")}
+
+
 def _fmt(metric: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     if metric in ("success_rate", "robust_accuracy", "clean_accuracy"):
         return f"{100 * value:.1f}%"
+    if metric == "queries_per_example":
+        return f"{value:.1f}"
     return f"{value:.3f}"
 
 
@@ -239,14 +248,19 @@ def _zero_parts(config: GradingConfig, share: float, label: str, visibility: str
             for t in config.terms]
 
 
-def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData, model) -> ScoreResult:
+def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData, model, *,
+                     queries: int | None = None) -> ScoreResult:
     """Score one submission.
 
     ``artifacts``: artifact file name (or its key in grading.toml) -> path of the file the
     sandbox wrote (already copied out of it); a missing entry or file scores 0 with a reason.
     ``hidden``: the hidden inputs in the order the notebook saw them, their labels and the
     public/private mask. ``model``: the assignment's model (a maestro ModelWrapper); for a defense,
-    the undefended zoo model (its metadata names the architecture the weights must fit).
+    the undefended zoo model (its metadata names the architecture the weights must fit); for a
+    black-box unit, the ORACLE's model (the private build it served).
+    ``queries``: what the grader's oracle counted for this run's token (black-box units); the
+    ``queries_per_example`` metric is ``queries / len(hidden.x)`` for both parts (None: not
+    counted, and a queries term earns nothing).
     """
     if config.kind == "defense":
         return _score_defense(config, artifacts, hidden, model)
@@ -304,6 +318,7 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
                 split_metrics[label] = {"valid": False}
                 continue
             m = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, mask)
+            m.update(_query_metrics(queries, len(x)))
             m["valid"] = True
             split_metrics[label] = m
             parts += _term_parts(config.terms, m, shares[label], label, label)
@@ -314,6 +329,7 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
     overall = {}
     if x_adv is not None and all(m.get("valid") for m in split_metrics.values()):
         overall = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, np.ones(len(x), dtype=bool))
+        overall.update(_query_metrics(queries, len(x)))
         overall["valid"] = True
     else:
         overall = {"valid": False}
@@ -561,8 +577,11 @@ def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict
         if defense:
             return (f"clean accuracy {_fmt('clean_accuracy', m.get('clean_accuracy'))}, "
                     f"robust accuracy {_fmt('robust_accuracy', m.get('robust_accuracy'))}")
-        return (f"success {_fmt('success_rate', m.get('success_rate'))}, "
+        text = (f"success {_fmt('success_rate', m.get('success_rate'))}, "
                 f"median L2 {_fmt('median_l2', m.get('median_l2'))}")
+        if m.get("queries_per_example") is not None:
+            text += f", {_fmt('queries_per_example', m['queries_per_example'])} queries per example"
+        return text
 
     lines = [f"public part: {summary(pub)}" if pub.get("valid")
              else "public part: not scored (see the tests below)"]
@@ -584,6 +603,9 @@ def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict
             {"name": "median L2 (public)", "value": round(pub["median_l2"], 4)
              if math.isfinite(pub["median_l2"]) else 0.0, "order": "asc"},
         ]
+        if pub.get("queries_per_example") is not None:
+            leaderboard.append({"name": "queries per example", "value": round(pub["queries_per_example"], 1),
+                                "order": "asc"})
     return {
         "score": float(result.score),
         "output": "\n".join(lines),

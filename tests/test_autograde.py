@@ -145,7 +145,7 @@ def test_scores_and_reasons(course):
     assert "threat model" in cheat["tests"][0]["output"]
     every = " ".join(t["output"] for t in cheat["tests"])  # row 0 (the NaN) is public or private
     assert "NaN" in every or "finite" in every
-    page = (course / "feedback" / "cheat" / A / "feedback.html").read_text()
+    page = (course / "autograded" / "cheat" / A / "feedback.html").read_text()
     assert "private part" not in page.split("<h2>Problems</h2>")[-1]  # private rows stay hidden
 
 
@@ -169,14 +169,14 @@ def test_feedback_shows_no_hidden_data(course):
     labels = hidden.y.numpy()
     secret = read_secret(course)
     for who in ("ref", "stub", "crash", "cheat"):
-        page = (course / "feedback" / who / A / "feedback.html").read_text()
+        page = (course / "autograded" / who / A / "feedback.html").read_text()
         results = (course / "autograded" / who / A / "results.json").read_text()
         assert "Score so far" in page
         for text in (page, results):
             assert secret not in text
             for sep in ("", " ", ", ", ","):
                 assert sep.join(map(str, labels[:12])) not in text
-    assert "45 / 45" in (course / "feedback" / "ref" / A / "feedback.html").read_text()
+    assert "45 / 45" in (course / "autograded" / "ref" / A / "feedback.html").read_text()
     assert isinstance(labels, np.ndarray)
 
 
@@ -319,3 +319,5 @@ def test_killed_autograde_resumes_and_the_gradebook_stays_consistent(course):
         score = _results(course, who)["score"]
         assert 30 < score < 70 and book[who][0] == pytest.approx(score * 0.3, abs=1e-3)
     assert not list((course / "autograded").glob("*/*/.results.json.tmp"))
+    # the killed grader's work folder (hidden inputs) was removed by the next run
+    assert [p.name for p in (course / ".maestro" / "tmp").iterdir()] == []

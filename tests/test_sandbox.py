@@ -390,3 +390,15 @@ def test_bad_arguments_fail_loudly(tmp_path):
     with pytest.raises(ArtifactError):
         run_notebook(nb, workdir=tmp_path / "r", outputs=["../../x.npy"])
     assert autograder.RunResult.__dataclass_fields__["status"]
+
+
+def test_gpu_needs_a_gpu_and_says_so(tmp_path):
+    from autograder.sandbox import gpu_device_nodes
+
+    if gpu_device_nodes():
+        pytest.skip("this host has an NVIDIA GPU: the refusal below does not apply")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(RuntimeError, match="no NVIDIA device nodes.*gpu = false"):
+        run_notebook(path, workdir=tmp_path / "w", gpu=True)
