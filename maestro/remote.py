@@ -315,6 +315,18 @@ class RemoteModel:
         return self._call("gradient", x, body, gradient=True, with_logits=bool(return_logits))
 
     # -- text --------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The served model's tokenizer, rebuilt here from the JSON data the server sends
+        (``GET /v1/tasks/{task}/tokenizer``, fetched once): text attacks map tokens back to the
+        text with it exactly as they do on a local model."""
+        self._require_text("tokenizer")
+        if getattr(self, "_tokenizer", None) is None:
+            from .text import tokenizer_from_json
+
+            self._tokenizer = tokenizer_from_json(self._request("GET", f"/v1/tasks/{self.task}/tokenizer"))
+        return self._tokenizer
+
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
         """Token ids and attention mask for ``texts`` (any access level; not charged)."""
         self._require_text("tokenize")

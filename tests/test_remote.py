@@ -198,3 +198,20 @@ def test_text_tasks(server, token):
     r = httpx.get(f"{server[0]}/v1/tasks/wb/tokenizer", headers=auth)
     assert r.status_code == 404 and "text tasks" in r.json()["detail"]
     assert httpx.get(f"{server[0]}/v1/tasks/tweets/tokenizer").status_code == 401
+
+
+def test_white_box_text_attacks_run_remotely(server, token):
+    """HotFlip over HTTP (tokenizer sent as data, gradients and embeddings from the server)
+    finds exactly what it finds on the local model."""
+    from maestro.attacks import HotFlip
+
+    data = maestro.datasets.load("tweets", "dev")[:24]
+    clf = maestro.models.load("lstm-tweets")
+    threat = maestro.ThreatModel("tokens", 2)
+    local = HotFlip(threat)(clf, data.x, data.y)
+    with connect(server[0], token, "tweets") as m:
+        assert m.tokenizer.vocab_size == clf.tokenizer.vocab_size
+        remote = HotFlip(threat)(m, data.x, data.y)
+        assert m.queries > 0
+    assert remote.x_adv == local.x_adv and torch.equal(remote.success, local.success)
+    assert local.success.any()
