@@ -456,7 +456,7 @@ def test_autograde_the_reference_the_stub_and_a_pickle(course):
     assert stub["score"] == pickle["score"] == 0.0
     assert "not implemented yet" in stub["tests"][0]["output"] and "model.safetensors" in stub["tests"][0]["output"]
     assert "not a valid .safetensors file" in pickle["tests"][0]["output"]
-    page = (course / "feedback" / "ref" / A / "feedback.html").read_text(encoding="utf-8")
+    page = (course / "autograded" / "ref" / A / "feedback.html").read_text(encoding="utf-8")
     assert "robust accuracy" in page and "PGD-20 (margin)" in page
     with gradebook(course) as gb:
         book = {s.student_id: s.score for s in gb.assignment_submissions(A)}
@@ -466,6 +466,6 @@ def test_autograde_the_reference_the_stub_and_a_pickle(course):
 
     labels = HiddenData.load(load_config(course / "source" / A / "grading.toml"), read_secret(course)).y
     for who in ("ref", "stub", "pickle"):
-        for text in ((course / "feedback" / who / A / "feedback.html").read_text(encoding="utf-8"),
+        for text in ((course / "autograded" / who / A / "feedback.html").read_text(encoding="utf-8"),
                      json.dumps(results(who))):
             assert "".join(map(str, labels[:12].tolist())) not in re.sub(r"\D", "", text)
