@@ -171,7 +171,7 @@ def run_course_demo(folder="maestro-demo-course", *, quick: bool = False, worker
     outcomes = autograde(folder, A, workers=workers, timeout=timeout, home=home,
                          log=lambda msg: _say("      " + msg))
 
-    _say(f"[6] nbgrader generate_feedback {A}   (Maestro's own pages: feedback/<student>/{A}/feedback.html)")
+    _say(f"[6] nbgrader generate_feedback {A}   (nbgrader's page, with Maestro's feedback.html copied beside it)")
     res = api.generate_feedback(A)
     feedback_ok = bool(res["success"])
     if not feedback_ok:
