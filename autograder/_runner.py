@@ -11,6 +11,11 @@ import json
 import os
 import sys
 
+# jsonschema (through nbformat's validator) imports its optional IRI format checker, which
+# builds a lark grammar at import (~1 s of every run's start); notebook schemas never use that
+# format and jsonschema treats a failed import as "not installed"
+sys.modules.setdefault("rfc3987_syntax", None)
+
 
 def _capped_engine(max_bytes: int):
     from papermill.clientwrap import PapermillNotebookClient
