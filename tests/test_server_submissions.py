@@ -383,11 +383,18 @@ def test_a_crashed_servers_submissions_are_graded_by_the_next(course_server, cou
 
 def test_course_folder_alone_is_a_server_config(course):
     """`maestro serve --course DIR` on a `maestro course init` folder (no server.toml): every
-    assignment takes submissions; pseudonyms are stable names keyed by the course secret."""
+    white-box attack assignment takes submissions (black-box and defense units are graded by
+    `maestro autograde`, and refused with the reason when listed); pseudonyms are stable names
+    keyed by the course secret."""
     from maestro.server import ServerConfig
+    from maestro.server.submissions import Assignment
 
     cfg = ServerConfig.load(course)
     assert cfg.tasks == {} and cfg.submissions.assignments == [A] and cfg.course == course.resolve()
+    for unit, why in (("02-blackbox-scores", "black-box unit"), ("04-adversarial-training", "defense unit")):
+        if (course / "source" / unit).is_dir():
+            with pytest.raises(ValueError, match=why):
+                Assignment(course, unit)
     assert cfg.submissions.pseudonyms is True and cfg.submissions.max_per_day == 20
     name = pseudonym("alice", read_secret(course))
     assert name == pseudonym("alice", read_secret(course)) and "alice" not in name

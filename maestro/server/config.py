@@ -251,11 +251,13 @@ class ServerConfig:
 
 
 def _uploadable(grading_toml: Path) -> bool:
-    """Can the server take uploads for this assignment? Attack units (an ``.npy`` artifact) yes;
-    defense units (model weights, graded by ``maestro autograde``) no."""
+    """Can the server take uploads for this assignment? White-box attack units (an ``.npy``
+    artifact) yes; defense units (model weights) and black-box units (scored with the oracle's
+    query count) no: ``maestro autograde`` grades those."""
     from autograder.config import load_config
 
     try:
-        return getattr(load_config(grading_toml), "kind", "attack") == "attack"
+        config = load_config(grading_toml)
     except ValueError:
         return False
+    return getattr(config, "kind", "attack") == "attack" and getattr(config, "oracle", None) is None

@@ -62,6 +62,10 @@ class Assignment:
         self.config = load_config(path)
         if self.config.id != ident:
             raise ValueError(f"{path}: [assignment] id {self.config.id!r} is not {ident!r}")
+        if getattr(self.config, "oracle", None) is not None:
+            raise ValueError(f"[submissions] assignment {ident!r} is a black-box unit: its score needs "
+                             "the oracle's query count of a graded notebook run, which an upload "
+                             "cannot give; grade it with `maestro autograde`")
         if getattr(self.config, "kind", "attack") != "attack":
             raise ValueError(f"[submissions] assignment {ident!r} is a {self.config.kind} unit (its "
                              "artifact is model weights): the server takes .npy uploads of attack "
