@@ -12,8 +12,9 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-import papermill
 import pytest
+
+from _notebooks import by_grade_id, cell_errors, execute
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = ROOT / "assignments" / "01-whitebox"
@@ -23,38 +24,16 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _execute(notebook: Path, out_dir: Path, **params):
-    """Run ``notebook`` with papermill (kernel on this interpreter); return the executed copy and
-    the PapermillExecutionError, if any."""
-    env_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{env_path}"  # the kernel's "python" is this venv's
-    executed = out_dir / f"executed-{notebook.name}"
-    error = None
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters={"output_dir": str(out_dir / "output"), **params},
-            kernel_name="python3", cwd=str(out_dir), progress_bar=False, execution_timeout=300,
-        )
-    except papermill.PapermillExecutionError as err:
-        error = err
-    finally:
-        os.environ["PATH"] = env_path
-    return nbformat.read(executed, as_version=4), error
 
 
-def _errors(nb):
-    return [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename)
-            for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
 
 
-def _cells(nb):
-    return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
 
 
 def test_source_notebook_is_valid_nbgrader_format():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    cells = _cells(nb)
+    cells = by_grade_id(nb)
     assert "parameters" in cells["parameters"].metadata.get("tags", [])
     tests = {k: c for k, c in cells.items() if c.metadata.get("nbgrader", {}).get("grade")}
     assert set(tests) == {"test_fgsm", "test_pgd", "test_artifact"}
@@ -70,10 +49,10 @@ def test_source_notebook_is_valid_nbgrader_format():
 
 
 def test_source_notebook_passes_its_tests_and_writes_x_adv(tmp_path):
-    nb, error = _execute(NOTEBOOK, tmp_path, quick=True)
+    nb, error = execute(NOTEBOOK, tmp_path, quick=True)
     assert error is None, f"{error.ename}: {error.evalue}"
-    assert _errors(nb) == []
-    cells = _cells(nb)
+    assert cell_errors(nb) == []
+    cells = by_grade_id(nb)
     for key in ("test_fgsm", "test_pgd", "test_artifact"):
         assert cells[key].execution_count is not None
     x_adv = np.load(tmp_path / "output" / "x_adv.npy", allow_pickle=False)
@@ -112,7 +91,7 @@ def test_release_strips_solutions_and_hidden_tests(released):
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "_small.project",
                    "grad.sign()", "random restarts for the images"):
         assert marker not in text
-    cells = _cells(nbformat.read(released, as_version=4))
+    cells = by_grade_id(nbformat.read(released, as_version=4))
     for key in ("fgsm", "pgd", "final_attack"):
         assert "raise NotImplementedError" in cells[key].source
     assert "def fgsm(model, x, y, threat):" in cells["fgsm"].source  # the signature stays
@@ -120,12 +99,12 @@ def test_release_strips_solutions_and_hidden_tests(released):
 
 
 def test_released_notebook_stops_at_the_stub_and_writes_no_artifact(released, tmp_path):
-    nb, error = _execute(released, tmp_path, quick=True)
+    nb, error = execute(released, tmp_path, quick=True)
     assert error is not None and error.ename == "NotImplementedError"
-    errors = _errors(nb)
+    errors = cell_errors(nb)
     # the visible tests report the missing functions and execution goes on (raises-exception
     # tag), then the empty final attack stops the run before anything is saved
     assert errors == [("test_fgsm", "NotImplementedError"), ("test_pgd", "NotImplementedError"),
                       ("final_attack", "NotImplementedError")]
-    assert _cells(nb)["save"].execution_count is None
+    assert by_grade_id(nb)["save"].execution_count is None
     assert not (tmp_path / "output" / "x_adv.npy").exists()

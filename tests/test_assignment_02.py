@@ -16,8 +16,9 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-import papermill
 import pytest
+
+from _notebooks import by_grade_id, cell_errors, execute, printed_text
 
 from autograder.config import METRICS, load_config
 from autograder.oracle import oracle_spec, serve_oracle
@@ -25,49 +26,22 @@ from autograder.oracle import oracle_spec, serve_oracle
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = ROOT / "assignments" / "02-blackbox-scores"
 NOTEBOOK = ASSIGNMENT / "02-blackbox-scores.ipynb"
-# "grading.toml.pending" until autograder/config.py knows [oracle] and queries_per_example (a
-# grading.toml the loader refuses would break `maestro course init`, which validates them all)
-GRADING = next((p for p in (ASSIGNMENT / "grading.toml", ASSIGNMENT / "grading.toml.pending")
-                if p.is_file()), ASSIGNMENT / "grading.toml")
+GRADING = ASSIGNMENT / "grading.toml"
 BIN = Path(sys.executable).parent
 
 
-def _execute(notebook: Path, out_dir: Path, **params):
-    """Run ``notebook`` with papermill (kernel on this interpreter); return the executed copy and
-    the PapermillExecutionError, if any."""
-    env_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{env_path}"  # the kernel's "python" is this venv's
-    executed = out_dir / f"executed-{notebook.name}"
-    error = None
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters={"output_dir": str(out_dir / "output"), **params},
-            kernel_name="python3", cwd=str(out_dir), progress_bar=False, execution_timeout=300,
-        )
-    except papermill.PapermillExecutionError as err:
-        error = err
-    finally:
-        os.environ["PATH"] = env_path
-    return nbformat.read(executed, as_version=4), error
 
 
-def _errors(nb):
-    return [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename)
-            for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
 
 
-def _cells(nb):
-    return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
 
 
-def _printed(nb) -> str:
-    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
 def test_source_notebook_is_valid_nbgrader_format():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    cells = _cells(nb)
+    cells = by_grade_id(nb)
     params = cells["parameters"]
     assert "parameters" in params.metadata.get("tags", [])
     for name in ("inputs_path", "labels_path", "output_dir", "eps", "quick", "oracle_url",
@@ -95,7 +69,7 @@ def test_grading_config_matches_the_notebook():
     spec = oracle_spec(GRADING)
     assert spec is not None and spec.access == "scores" and spec.private_model
     assert spec.queries_per_example == 1000 and spec.budget(500) == 500_000
-    params = _cells(nbformat.read(NOTEBOOK, as_version=4))["parameters"].source
+    params = by_grade_id(nbformat.read(NOTEBOOK, as_version=4))["parameters"].source
     assert f"eps = {raw['threat']['eps']}" in params
     assert f'oracle_task = "{raw["assignment"]["id"]}"' in params
     terms = {t["metric"]: t for t in raw["score"]["terms"]}
@@ -107,7 +81,6 @@ def test_grading_config_matches_the_notebook():
 @pytest.mark.skipif("queries_per_example" not in METRICS,
                     reason="autograder/config.py does not know [oracle] and queries_per_example yet")
 def test_grading_config_loads():
-    assert GRADING.name == "grading.toml", "rename grading.toml.pending to grading.toml"
     cfg = load_config(GRADING)
     assert cfg.id == "02-blackbox-scores" and cfg.model == "lenet-mnist"
 
@@ -118,18 +91,18 @@ def test_source_notebook_passes_its_tests_against_a_real_oracle(tmp_path):
     with serve_oracle("lenet-mnist", task="02-blackbox-scores", dataset="mnist", access="scores",
                       budget=1000 * n, threat={"norm": "linf", "eps": 0.2, "query_budget": 1000}) as oracle:
         session = oracle.issue("reference")
-        nb, error = _execute(NOTEBOOK, tmp_path, quick=True, **session.parameters())
+        nb, error = execute(NOTEBOOK, tmp_path, quick=True, **session.parameters())
         counted = session.queries()
     assert error is None, f"{error.ename}: {error.evalue}"
-    assert _errors(nb) == []
-    cells = _cells(nb)
+    assert cell_errors(nb) == []
+    cells = by_grade_id(nb)
     for key in ("test_margin", "test_square", "test_artifact"):
         assert cells[key].execution_count is not None
     x_adv = np.load(tmp_path / "output" / "x_adv.npy", allow_pickle=False)
     inputs = np.load(tmp_path / "output" / "dev-data" / "inputs.npy", allow_pickle=False)
     assert x_adv.dtype == np.float32 and x_adv.shape == (n, *inputs.shape[1:])
     assert np.abs(x_adv - inputs[:n]).max() <= 0.2 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
-    printed = _printed(nb)
+    printed = printed_text(nb)
     # what the notebook saw as spent before its last check is what the oracle counted, minus
     # that check (one query per image)
     spent = int(re.search(r"the oracle has counted (\d+) queries so far", printed).group(1))
@@ -168,7 +141,7 @@ def test_release_strips_solutions_and_hidden_tests(released):
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "logits.gather",
                    "def affordable", "others.amax(1)", "_flip", "must be deterministic"):
         assert marker not in text, marker
-    cells = _cells(nbformat.read(released, as_version=4))
+    cells = by_grade_id(nbformat.read(released, as_version=4))
     for key in ("margin", "square", "final_attack"):
         assert "raise NotImplementedError" in cells[key].source
     assert "def square_attack(oracle, x, y, threat, max_queries=1000, p_init=0.3, seed=0):" \
@@ -179,12 +152,12 @@ def test_release_strips_solutions_and_hidden_tests(released):
 
 @pytest.mark.slow
 def test_released_notebook_stops_at_the_stub_in_practice_mode(released, tmp_path):
-    nb, error = _execute(released, tmp_path, quick=True)  # oracle_url=None: a practice oracle
+    nb, error = execute(released, tmp_path, quick=True)  # oracle_url=None: a practice oracle
     assert error is not None and error.ename == "NotImplementedError"
     # the visible tests report the missing functions and execution goes on (raises-exception
     # tag), then the empty final attack stops the run before anything is saved
-    assert _errors(nb) == [("test_margin", "NotImplementedError"), ("test_square", "NotImplementedError"),
+    assert cell_errors(nb) == [("test_margin", "NotImplementedError"), ("test_square", "NotImplementedError"),
                            ("final_attack", "NotImplementedError")]
-    assert "RemoteModel(02-blackbox-scores at http://127.0.0.1:" in _printed(nb)
-    assert _cells(nb)["save"].execution_count is None
+    assert "RemoteModel(02-blackbox-scores at http://127.0.0.1:" in printed_text(nb)
+    assert by_grade_id(nb)["save"].execution_count is None
     assert not (tmp_path / "output" / "x_adv.npy").exists()

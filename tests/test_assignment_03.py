@@ -17,8 +17,9 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-import papermill
 import pytest
+
+from _notebooks import by_grade_id, cell_errors, execute, printed_text
 
 from autograder.config import load_config
 from autograder.oracle import oracle_spec, serve_oracle
@@ -27,50 +28,23 @@ ROOT = Path(__file__).resolve().parents[1]
 A = "03-blackbox-labels"
 ASSIGNMENT = ROOT / "assignments" / A
 NOTEBOOK = ASSIGNMENT / f"{A}.ipynb"
-# "grading.toml.pending" while its thresholds are not measured (a grading.toml the loader refuses
-# would break `maestro course init`, which validates them all)
-GRADING = next((p for p in (ASSIGNMENT / "grading.toml", ASSIGNMENT / "grading.toml.pending")
-                if p.is_file()), ASSIGNMENT / "grading.toml")
+GRADING = ASSIGNMENT / "grading.toml"
 BIN = Path(sys.executable).parent
 EPS = 4.0
 
 
-def _execute(notebook: Path, out_dir: Path, **params):
-    """Run ``notebook`` with papermill (kernel on this interpreter); return the executed copy and
-    the PapermillExecutionError, if any."""
-    env_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{env_path}"  # the kernel's "python" is this venv's
-    executed = out_dir / f"executed-{notebook.name}"
-    error = None
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters={"output_dir": str(out_dir / "output"), **params},
-            kernel_name="python3", cwd=str(out_dir), progress_bar=False, execution_timeout=300,
-        )
-    except papermill.PapermillExecutionError as err:
-        error = err
-    finally:
-        os.environ["PATH"] = env_path
-    return nbformat.read(executed, as_version=4), error
 
 
-def _errors(nb):
-    return [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename)
-            for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
 
 
-def _cells(nb):
-    return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
 
 
-def _printed(nb) -> str:
-    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
 def test_source_notebook_is_valid_nbgrader_format():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    cells = _cells(nb)
+    cells = by_grade_id(nb)
     params = cells["parameters"]
     assert "parameters" in params.metadata.get("tags", [])
     for name in ("inputs_path", "labels_path", "output_dir", "eps", "quick", "oracle_url",
@@ -101,7 +75,7 @@ def test_grading_config_matches_the_notebook():
     assert spec is not None and spec.access == "labels" and spec.private_model
     assert spec.queries_per_example == 1000 and spec.budget(500) == 500_000
     assert raw["threat"]["norm"] == "l2" and raw["threat"]["eps"] == EPS
-    params = _cells(nbformat.read(NOTEBOOK, as_version=4))["parameters"].source
+    params = by_grade_id(nbformat.read(NOTEBOOK, as_version=4))["parameters"].source
     assert f"eps = {raw['threat']['eps']}" in params
     assert f'oracle_task = "{raw["assignment"]["id"]}"' in params
     terms = {t["metric"]: t for t in raw["score"]["terms"]}
@@ -112,7 +86,6 @@ def test_grading_config_matches_the_notebook():
 
 
 def test_grading_config_loads():
-    assert GRADING.name == "grading.toml", "rename grading.toml.pending to grading.toml"
     cfg = load_config(GRADING)
     assert cfg.id == A and cfg.model == "lenet-mnist" and cfg.oracle.access == "labels"
 
@@ -123,11 +96,11 @@ def test_source_notebook_passes_its_tests_against_a_real_oracle(tmp_path):
     with serve_oracle("lenet-mnist", task=A, dataset="mnist", access="labels", budget=1000 * n,
                       threat={"norm": "l2", "eps": EPS, "query_budget": 1000}) as oracle:
         session = oracle.issue("reference")
-        nb, error = _execute(NOTEBOOK, tmp_path, quick=True, **session.parameters())
+        nb, error = execute(NOTEBOOK, tmp_path, quick=True, **session.parameters())
         counted = session.queries()
     assert error is None, f"{error.ename}: {error.evalue}"
-    assert _errors(nb) == []
-    cells = _cells(nb)
+    assert cell_errors(nb) == []
+    cells = by_grade_id(nb)
     for key in ("test_boundary_search", "test_nearest_other", "test_artifact"):
         assert cells[key].execution_count is not None
     x_adv = np.load(tmp_path / "output" / "x_adv.npy", allow_pickle=False)
@@ -135,7 +108,7 @@ def test_source_notebook_passes_its_tests_against_a_real_oracle(tmp_path):
     assert x_adv.dtype == np.float32 and x_adv.shape == (n, *inputs.shape[1:])
     l2 = np.sqrt(((x_adv - inputs[:n]).reshape(n, -1).astype(np.float64) ** 2).sum(1))
     assert l2.max() <= EPS + 1e-4 and x_adv.min() >= 0 and x_adv.max() <= 1
-    printed = _printed(nb)
+    printed = printed_text(nb)
     # what the notebook saw as spent before its last check is what the oracle counted, minus
     # that check (one query per image)
     spent = int(re.search(r"the oracle has counted (\d+) queries so far", printed).group(1))
@@ -174,7 +147,7 @@ def test_release_strips_solutions_and_hidden_tests(released):
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "torch.where(misread",
                    "torch.cdist(flat", "HopSkipJump(threat, max_queries=per", "_x8", "steps=0"):
         assert marker not in text, marker
-    cells = _cells(nbformat.read(released, as_version=4))
+    cells = by_grade_id(nbformat.read(released, as_version=4))
     for key in ("boundary_search", "nearest_other", "final_attack"):
         assert "raise NotImplementedError" in cells[key].source
     assert "def boundary_search(oracle, x, x_start, y, steps=10):" in cells["boundary_search"].source
@@ -185,15 +158,15 @@ def test_release_strips_solutions_and_hidden_tests(released):
 
 @pytest.mark.slow
 def test_released_notebook_stops_at_the_stub_in_practice_mode(released, tmp_path):
-    nb, error = _execute(released, tmp_path, quick=True)  # oracle_url=None: a practice oracle
+    nb, error = execute(released, tmp_path, quick=True)  # oracle_url=None: a practice oracle
     assert error is not None and error.ename == "NotImplementedError"
     # the visible tests report the missing functions and execution goes on (raises-exception
     # tag), then the empty final attack stops the run before anything is saved
-    assert _errors(nb) == [("test_boundary_search", "NotImplementedError"),
+    assert cell_errors(nb) == [("test_boundary_search", "NotImplementedError"),
                            ("test_nearest_other", "NotImplementedError"),
                            ("final_attack", "NotImplementedError")]
-    assert "RemoteModel(03-blackbox-labels at http://127.0.0.1:" in _printed(nb)
-    assert _cells(nb)["save"].execution_count is None
+    assert "RemoteModel(03-blackbox-labels at http://127.0.0.1:" in printed_text(nb)
+    assert by_grade_id(nb)["save"].execution_count is None
     assert not (tmp_path / "output" / "x_adv.npy").exists()
 
 
@@ -210,7 +183,7 @@ def test_autograde_scores_the_reference_above_pass_and_the_stub_zero(tmp_path):
     units = tmp_path / "units" / A
     units.mkdir(parents=True)
     shutil.copy(NOTEBOOK, units / NOTEBOOK.name)
-    shutil.copy(GRADING, units / "grading.toml")  # also while it is still named .pending
+    shutil.copy(GRADING, units / "grading.toml")
     course = tmp_path / "course"
     init_course(course, tmp_path / "units")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

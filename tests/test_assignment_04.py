@@ -18,8 +18,9 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-import papermill
 import pytest
+
+from _notebooks import by_grade_id, cell_errors, execute
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -47,31 +48,10 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def _cells(nb):
-    return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
 
 
-def _errors(nb):
-    return [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename)
-            for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
 
 
-def _execute(notebook: Path, out_dir: Path, **params):
-    """Run ``notebook`` with papermill on this interpreter; (executed notebook, error or None)."""
-    env_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{env_path}"
-    executed = out_dir / f"executed-{notebook.name}"
-    error = None
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters={"output_dir": str(out_dir / "output"), **params},
-            kernel_name="python3", cwd=str(out_dir), progress_bar=False, execution_timeout=300,
-        )
-    except papermill.PapermillExecutionError as err:
-        error = err
-    finally:
-        os.environ["PATH"] = env_path
-    return nbformat.read(executed, as_version=4), error
 
 
 # -- grading.toml -------------------------------------------------------------------------
@@ -135,7 +115,7 @@ def test_an_attack_config_may_not_have_a_defense_table():
 def test_source_notebook_is_valid_nbgrader_format():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
-    cells = _cells(nb)
+    cells = by_grade_id(nb)
     assert "parameters" in cells["parameters"].metadata.get("tags", [])
     for name in ("inputs_path", "labels_path", "output_dir", "eps", "quick"):
         assert f"{name} = " in cells["parameters"].source
@@ -153,10 +133,10 @@ def test_source_notebook_is_valid_nbgrader_format():
 
 
 def test_source_notebook_passes_its_tests_and_writes_weights(tmp_path):
-    nb, error = _execute(NOTEBOOK, tmp_path, quick=True)
+    nb, error = execute(NOTEBOOK, tmp_path, quick=True)
     assert error is None, f"{error.ename}: {error.evalue}"
-    assert _errors(nb) == []
-    cells = _cells(nb)
+    assert cell_errors(nb) == []
+    cells = by_grade_id(nb)
     for key in ("test_pgd_perturb", "test_training", "test_artifact"):
         assert cells[key].execution_count is not None
     weights = load_file(str(tmp_path / "output" / "model.safetensors"))
@@ -192,7 +172,7 @@ def test_release_strips_solutions_and_hidden_tests(course):
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "(grad,) = torch.autograd.grad",
                    "sched = torch.optim.lr_scheduler", "_n1 = new_model()", "must be reproducible"):
         assert marker not in text
-    cells = _cells(nbformat.read(released, as_version=4))
+    cells = by_grade_id(nbformat.read(released, as_version=4))
     for key in ("pgd_perturb", "adversarial_train", "final_training"):
         assert 'raise NotImplementedError("not implemented yet' in cells[key].source
     assert "def pgd_perturb(module, x, y, eps, steps=10, step_size=None, gen=None):" in cells["pgd_perturb"].source
@@ -201,13 +181,13 @@ def test_release_strips_solutions_and_hidden_tests(course):
 
 
 def test_released_notebook_stops_at_the_stub_and_writes_no_weights(course, tmp_path):
-    nb, error = _execute(course / "release" / A / NOTEBOOK.name, tmp_path, quick=True)
+    nb, error = execute(course / "release" / A / NOTEBOOK.name, tmp_path, quick=True)
     assert error is not None and error.ename == "NotImplementedError"
     assert "not implemented yet" in error.evalue
-    assert _errors(nb) == [("test_pgd_perturb", "NotImplementedError"),
+    assert cell_errors(nb) == [("test_pgd_perturb", "NotImplementedError"),
                            ("test_training", "NotImplementedError"),
                            ("final_training", "NotImplementedError")]
-    assert _cells(nb)["save"].execution_count is None
+    assert by_grade_id(nb)["save"].execution_count is None
     assert not (tmp_path / "output" / "model.safetensors").exists()
 
 
@@ -215,7 +195,7 @@ def test_released_notebook_stops_at_the_stub_and_writes_no_weights(course, tmp_p
 def _solution(**env) -> dict:
     """Run the notebook's solution cells (pgd_perturb, adversarial_train, final_training)."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = _cells(nb)
+    cells = by_grade_id(nb)
     ns = {"torch": torch, "F": F, "np": np, "maestro": maestro, **env}
     for key in ("pgd_perturb", "adversarial_train", "final_training"):
         exec(compile(cells[key].source, f"<{A}:{key}>", "exec"), ns)
@@ -437,7 +417,7 @@ def test_autograde_the_reference_the_stub_and_a_pickle(course):
         (sub / who / A).mkdir(parents=True)
         shutil.copy(src, sub / who / A / name)
     nb = nbformat.read(course / "source" / A / name, as_version=4)
-    cells = _cells(nb)
+    cells = by_grade_id(nb)
     cells["final_training"].source = "robust_model = new_model()  # untrained"
     cells["save"].source = "torch.save(robust_model.state_dict(), out / 'model.safetensors')  # a pickle"
     (sub / "pickle" / A).mkdir(parents=True)

@@ -1,0 +1,48 @@
+"""Helpers the assignment tests share: run a notebook with papermill on this interpreter, and
+look at its nbgrader cells and outputs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+
+BIN = Path(sys.executable).parent
+
+
+def execute(notebook: Path, out_dir: Path, **params):
+    """Run ``notebook`` with papermill (kernel on this interpreter, ``output_dir`` under
+    ``out_dir``); return the executed copy and the PapermillExecutionError, if any."""
+    env_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{env_path}"  # the kernel's "python" is this venv's
+    executed = out_dir / f"executed-{notebook.name}"
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters={"output_dir": str(out_dir / "output"), **params},
+            kernel_name="python3", cwd=str(out_dir), progress_bar=False, execution_timeout=300,
+        )
+    except papermill.PapermillExecutionError as err:
+        error = err
+    finally:
+        os.environ["PATH"] = env_path
+    return nbformat.read(executed, as_version=4), error
+
+
+def cell_errors(nb) -> list[tuple[str | None, str]]:
+    """(grade_id, exception name) of every cell that raised."""
+    return [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename)
+            for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+def by_grade_id(nb) -> dict:
+    """grade_id -> cell."""
+    return {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+
+
+def printed_text(nb) -> str:
+    """Everything the notebook printed."""
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
