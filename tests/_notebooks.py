@@ -46,3 +46,28 @@ def by_grade_id(nb) -> dict:
 def printed_text(nb) -> str:
     """Everything the notebook printed."""
     return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+def release(notebook: Path, unit: str, course: Path) -> Path:
+    """``nbgrader generate_assignment UNIT`` for ``notebook`` in a bare throw-away course folder
+    ``course``; returns the released (student) notebook."""
+    import shutil
+    import subprocess
+
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(course)!r}\n"
+        "c.CourseDirectory.course_id = 'maestro-test'\n"
+    )
+    src = course / "source" / unit
+    src.mkdir(parents=True)
+    shutil.copy(notebook, src / notebook.name)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [str(BIN / "nbgrader"), "generate_assignment", unit, "--force"],
+        cwd=course, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    path = course / "release" / unit / notebook.name
+    assert path.is_file()
+    return path

@@ -4,9 +4,6 @@ stub with NotImplementedError and writes no artifact."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from _notebooks import by_grade_id, cell_errors, execute
+from _notebooks import by_grade_id, cell_errors, execute, printed_text, release
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = ROOT / "assignments" / "01-whitebox"
@@ -59,31 +56,14 @@ def test_source_notebook_passes_its_tests_and_writes_x_adv(tmp_path):
     inputs = np.load(tmp_path / "output" / "dev-data" / "inputs.npy", allow_pickle=False)
     assert x_adv.dtype == np.float32 and x_adv.shape == (128, *inputs.shape[1:])
     assert np.abs(x_adv - inputs[:128]).max() <= 0.2 + 1e-6
-    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    printed = printed_text(nb)
     assert "-> PGD-20 " in printed and "success rate" in printed
 
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     """``nbgrader generate_assignment`` in a throw-away course folder."""
-    course = tmp_path_factory.mktemp("course")
-    (course / "nbgrader_config.py").write_text(
-        "c = get_config()\n"
-        f"c.CourseDirectory.root = {str(course)!r}\n"
-        "c.CourseDirectory.course_id = 'maestro-test'\n"
-    )
-    src = course / "source" / "01-whitebox"
-    src.mkdir(parents=True)
-    shutil.copy(NOTEBOOK, src / NOTEBOOK.name)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(
-        [str(BIN / "nbgrader"), "generate_assignment", "01-whitebox", "--force"],
-        cwd=course, env=env, capture_output=True, text=True, timeout=180, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    path = course / "release" / "01-whitebox" / NOTEBOOK.name
-    assert path.is_file()
-    return path
+    return release(NOTEBOOK, "01-whitebox", tmp_path_factory.mktemp("course"))
 
 
 def test_release_strips_solutions_and_hidden_tests(released):

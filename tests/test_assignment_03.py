@@ -19,7 +19,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from _notebooks import by_grade_id, cell_errors, execute, printed_text
+from _notebooks import by_grade_id, cell_errors, execute, printed_text, release
 
 from autograder.config import load_config
 from autograder.oracle import oracle_spec, serve_oracle
@@ -121,24 +121,7 @@ def test_source_notebook_passes_its_tests_against_a_real_oracle(tmp_path):
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     """``nbgrader generate_assignment`` in a throw-away course folder."""
-    course = tmp_path_factory.mktemp("course")
-    (course / "nbgrader_config.py").write_text(
-        "c = get_config()\n"
-        f"c.CourseDirectory.root = {str(course)!r}\n"
-        "c.CourseDirectory.course_id = 'maestro-test'\n"
-    )
-    src = course / "source" / A
-    src.mkdir(parents=True)
-    shutil.copy(NOTEBOOK, src / NOTEBOOK.name)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(
-        [str(BIN / "nbgrader"), "generate_assignment", A, "--force"],
-        cwd=course, env=env, capture_output=True, text=True, timeout=180, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    path = course / "release" / A / NOTEBOOK.name
-    assert path.is_file()
-    return path
+    return release(NOTEBOOK, A, tmp_path_factory.mktemp("course"))
 
 
 @pytest.mark.slow
