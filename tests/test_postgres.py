@@ -10,13 +10,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from _serve import wait_until_serving
 from _pg import postgres_or_skip
 
 import maestro
@@ -150,15 +150,7 @@ def test_budget_exact_across_server_processes_on_one_database(pg, course_server,
     )
     try:
         other = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(other + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.25)
+        wait_until_serving(other, proc, tmp_path / "serve.log")
         url, app, _ = course_server(config)
         store = app.state.store
         token = store.create_token("two-processes")

@@ -9,12 +9,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx  # the server extra, installed by `make test`
 import numpy as np
 import pytest
+
+from _serve import wait_until_serving
 
 import maestro
 from maestro.server import ServerConfig, create_app
@@ -428,15 +429,7 @@ def test_budget_exact_across_two_worker_processes(server, http, digits, tmp_path
     )
     try:
         other = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(other + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.25)
+        wait_until_serving(other, proc, tmp_path / "serve.log")
         token = server.store.create_token("two-processes")
         x = digits[0]
         barrier = threading.Barrier(200)

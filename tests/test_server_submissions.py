@@ -29,6 +29,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from _serve import wait_until_serving
 import torch
 
 import maestro
@@ -424,15 +426,7 @@ def test_maestro_serve_a_course_folder(course, tmp_path):
                                  str(port), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).json()["assignments"] == 1:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.25)
+        wait_until_serving(url, proc, log, ready=lambda health: health["assignments"] == 1)
         info = httpx.get(f"{url}/v1/assignments/{A}", headers=_auth(token)).json()
         assert info["leaderboard_name"] == pseudonym("gina", read_secret(course))
         assert info["max_per_day"] == 20
