@@ -32,6 +32,7 @@ A term with ``requires = "<other term>"`` earns nothing unless that term earned 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -52,11 +53,12 @@ METRICS = {
     "queries_per_example": "queries the grader's oracle counted for the whole notebook run, "
     "divided by the number of hidden examples (black-box units: needs [oracle])",
 }
-NORMS = ("linf", "l2", "l0")
+NORMS = ("linf", "l2", "l0", "tokens")  # "tokens": text units (a count of changed tokens)
 DTYPES = ("float32", "float64", "float16")
+INT_DTYPES = ("int64", "int32", "bool")  # unit kinds only (token ids, masks)
 LABEL_MODES = ("model-predictions", "none")
 KINDS = ("attack", "defense")
-FORMATS = {".npy": "npy", ".safetensors": "safetensors"}
+FORMATS = {".npy": "npy", ".safetensors": "safetensors", ".json": "json"}  # .json: unit kinds only
 #: attacks a [defense] suite may name (maestro.attacks classes that work on an image ModelWrapper)
 SUITE_ATTACKS = ("FGSM", "PGD", "APGD", "SquareAttack", "SimBA", "RandomNoise")
 
@@ -153,7 +155,7 @@ class GradingConfig:
     title: str
     model: str
     dataset: str
-    threat: ThreatSpec
+    threat: ThreatSpec | None  # None only for unit kinds that perturb nothing (e.g. membership)
     artifacts: tuple[ArtifactSpec, ...]
     terms: tuple[ScoreTerm, ...]
     split: SplitSpec = field(default_factory=SplitSpec)
@@ -164,6 +166,7 @@ class GradingConfig:
     kind: str = "attack"
     defense: DefenseSpec | None = None
     oracle: OracleSpec | None = None  # black-box units: the model is reached through an oracle
+    unit: object = None  # the other kinds (autograder.units): the spec their table parsed to
 
     def artifact(self, key: str | None = None) -> ArtifactSpec:
         if key is None:
@@ -233,9 +236,16 @@ def load_config(path) -> GradingConfig:
 
 def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
     """Validate an already-parsed TOML document (see :func:`load_config`)."""
+    from . import units
+
+    kinds = KINDS + tuple(units.KINDS)
+    kind_raw = raw.get("assignment", {}).get("kind", "attack") if isinstance(raw.get("assignment"), dict) else "attack"
+    unit = units.get(kind_raw) if units.is_unit_kind(kind_raw) else None
     top = _Table(where, raw, "top level")
     for key in ("assignment", "threat", "artifacts", "score", "split", "notebook", "defense", "oracle"):
         top.used.add(key)
+    if unit is not None and unit.table:
+        top.used.add(unit.table)
     top.done()
 
     a = _Table(where, raw.get("assignment"), "assignment")
@@ -246,33 +256,27 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
     max_score = a.get("max_score", float, 100.0, check=lambda v: None if v > 0 else "must be > 0")
     pass_score = a.get("pass_score", float, 0.0,
                        check=lambda v: None if 0 <= v <= max_score else f"must lie in [0, {max_score:g}]")
-    kind = a.get("kind", str, "attack", check=_one_of(KINDS))
+    kind = a.get("kind", str, "attack", check=_one_of(kinds))
     a.done()
 
-    t = _Table(where, raw.get("threat"), "threat")
-    norm = t.get("norm", str, check=_one_of(NORMS))
-    eps = t.get("eps", float, check=lambda v: None if v >= 0 else "must be ≥ 0")
-    bounds = t.get("bounds", list, [0.0, 1.0], what="[low, high]")
-    if (len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
-            or not bounds[0] < bounds[1]):
-        raise ConfigError(f"{where}: [threat] bounds: expected [low, high] with low < high, got {bounds!r}")
-    atol = t.get("atol", float, 1e-6, check=lambda v: None if 0 <= v < 1 else "must lie in [0, 1)")
-    t.done()
-    threat = ThreatSpec(norm, eps, (float(bounds[0]), float(bounds[1])), atol)
+    threat = None
+    if unit is None or unit.needs_threat or raw.get("threat") is not None:
+        threat = _threat(where, raw.get("threat"), tokens=unit is not None)
 
     arts_raw = raw.get("artifacts")
+
     if not isinstance(arts_raw, dict) or not arts_raw:
         raise ConfigError(f"{where}: [artifacts.NAME] missing: name at least one artifact, e.g. "
                           "[artifacts.x_adv] file = \"x_adv.npy\"")
     artifacts = []
     for key, body in arts_raw.items():
-        artifacts.append(_artifact(where, key, body, kind, model))
+        artifacts.append(_artifact(where, key, body, kind, model, unit is not None))
     first = artifacts[0]
     want = "npy" if kind == "attack" else "safetensors"
-    if first.format != want:
+    if unit is None and first.format != want:
         raise ConfigError(f"{where}: [artifacts.{first.key}] file: a {kind} assignment grades "
                           f"a .{want} file first, got {first.file!r}")
-    defense = _defense(where, raw.get("defense"), kind, threat)
+    defense = _defense(where, raw.get("defense"), kind, threat, optional=unit is not None)
 
     sp = _Table(where, raw.get("split", {}), "split")
     frac = sp.get("public_fraction", float, 0.5,
@@ -299,7 +303,7 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
         s = _Table(where, body, f"score.terms #{i + 1}")
         term = ScoreTerm(
             s.get("name", str),
-            s.get("metric", str, check=_one_of(tuple(METRICS))),
+            s.get("metric", str, check=_one_of(tuple(unit.metrics if unit is not None else METRICS))),
             s.get("points", float, check=lambda v: None if v > 0 else "must be > 0"),
             s.get("zero_at", float),
             s.get("full_at", float),
@@ -325,9 +329,28 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
     if not math.isclose(total, max_score, rel_tol=1e-9):
         raise ConfigError(f"{where}: the [[score.terms]] points add up to {total:g}, but "
                           f"[assignment] max_score is {max_score:g}")
-    return GradingConfig(ident, title, model, dataset, threat, tuple(artifacts), tuple(terms),
-                         SplitSpec(frac, weight, salt), notebook, max_score, pass_score,
-                         kind=kind, defense=defense, oracle=oracle)
+    config = GradingConfig(ident, title, model, dataset, threat, tuple(artifacts), tuple(terms),
+                           SplitSpec(frac, weight, salt), notebook, max_score, pass_score,
+                           kind=kind, defense=defense, oracle=oracle)
+    if unit is not None:
+        config = dataclasses.replace(config, unit=unit.parse(where, raw.get(unit.table) if unit.table else None,
+                                                             config))
+    return config
+
+
+def _threat(where: str, raw, *, tokens: bool) -> ThreatSpec:
+    if raw is None:
+        raise ConfigError(f"{where}: [threat] missing: give norm and eps, e.g. norm = \"linf\", eps = 0.1")
+    t = _Table(where, raw, "threat")
+    norm = t.get("norm", str, check=_one_of(NORMS if tokens else NORMS[:-1]))
+    eps = t.get("eps", float, check=lambda v: None if v >= 0 else "must be ≥ 0")
+    bounds = t.get("bounds", list, [0.0, 1.0], what="[low, high]")
+    if (len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            or not bounds[0] < bounds[1]):
+        raise ConfigError(f"{where}: [threat] bounds: expected [low, high] with low < high, got {bounds!r}")
+    atol = t.get("atol", float, 1e-6, check=lambda v: None if 0 <= v < 1 else "must lie in [0, 1)")
+    t.done()
+    return ThreatSpec(norm, eps, (float(bounds[0]), float(bounds[1])), atol)
 
 
 def _oracle(where: str, raw, kind: str) -> OracleSpec | None:
@@ -346,9 +369,9 @@ def _oracle(where: str, raw, kind: str) -> OracleSpec | None:
     return spec
 
 
-def _artifact(where: str, key: str, body, kind: str, model: str) -> ArtifactSpec:
+def _artifact(where: str, key: str, body, kind: str, model: str, unit: bool = False) -> ArtifactSpec:
     s = _Table(where, body, f"artifacts.{key}")
-    exts = (".npy",) if kind == "attack" else tuple(FORMATS)
+    exts = tuple(FORMATS) if unit else (".npy",) if kind == "attack" else tuple(FORMATS)[:2]
 
     def plain(v):
         if "/" in v or "\\" in v or v.startswith(".") or not v.endswith(exts):
@@ -359,13 +382,17 @@ def _artifact(where: str, key: str, body, kind: str, model: str) -> ArtifactSpec
     fmt = FORMATS[next(e for e in exts if file.endswith(e))]
     s.get("format", str, fmt, check=lambda v: None if v == fmt else
           f"{file!r} is a .{fmt} file; format must be {fmt!r} (or left out), got {v!r}")
-    dtype = s.get("dtype", str, "float32", check=_one_of(DTYPES))
+    if fmt == "json":
+        s.done()
+        return ArtifactSpec(key, file, "json", "any", fmt)
+    dtype = s.get("dtype", str, "float32", check=_one_of(DTYPES + (INT_DTYPES if unit else ())))
     if fmt == "npy":
+        shapes = ("inputs", "any") if unit else ("inputs",)
         shape = s.get("shape", (str, list), "inputs", what='"inputs" or a list of ints')
-        if isinstance(shape, str) and shape != "inputs" or isinstance(shape, list) and not all(
+        if isinstance(shape, str) and shape not in shapes or isinstance(shape, list) and not all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise ConfigError(f"{where}: [artifacts.{key}] shape: expected \"inputs\" or a list of "
-                              f"non-negative ints, got {shape!r}")
+            raise ConfigError(f"{where}: [artifacts.{key}] shape: expected {' or '.join(map(repr, shapes))} "
+                              f"or a list of non-negative ints, got {shape!r}")
         s.done()
         return ArtifactSpec(key, file, dtype, shape if isinstance(shape, str) else tuple(shape))
     arch = s.get("architecture", str, model, check=_image_zoo_model)
@@ -394,7 +421,11 @@ def _default_label(attack: str, options: dict) -> str:
     return label
 
 
-def _defense(where: str, raw, kind: str, threat: ThreatSpec) -> DefenseSpec | None:
+def _defense(where: str, raw, kind: str, threat: ThreatSpec | None, optional: bool = False) -> DefenseSpec | None:
+    if optional and raw is None:
+        return None
+    if optional and threat is None:
+        raise ConfigError(f"{where}: [defense] needs a [threat] table (the suite attacks under it)")
     if kind == "attack":
         if raw is not None:
             raise ConfigError(f"{where}: [defense] is only for [assignment] kind = \"defense\"")

@@ -134,13 +134,31 @@ def _failed_result(config: GradingConfig, reason: str):
 
 def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden, model,
                queries: int | None = None):
-    """(ScoreResult, failure reason or ""): score the artifact if the run left a valid one."""
+    """(ScoreResult, failure reason or ""): score the artifact if the run left a valid one.
+    Unit kinds (autograder.units): ``hidden`` is the kind's :class:`~autograder.units.Prepared`
+    and ``model`` is None; its ``score`` gets every artifact the run left."""
     from .scoring import score_submission
 
     spec = config.artifact()
     if run is None:
         reason = f"the grader could not run the notebook: {error}"
         return _failed_result(config, reason), reason
+    if _is_unit(config):
+        from . import units
+
+        if run.status not in ("ok", "error") or not run.artifacts:
+            reason = f"notebook run {run.status}: {run.reason}".strip()
+            if run.status == "ok" and run.artifact_errors:
+                reason += "; " + "; ".join(f"{k}: {v}" for k, v in run.artifact_errors.items())
+            return _failed_result(config, reason), reason
+        result = units.get(config.kind).score(config, dict(run.artifacts), hidden, queries=queries)
+        missing = [a.file for a in config.artifacts if a.file not in run.artifacts]
+        if run.status == "error":
+            result.problems.insert(0, f"the notebook stopped with an error after saving "
+                                      f"{', '.join(sorted(run.artifacts))}: {run.reason}")
+        elif missing and run.artifact_errors:
+            result.problems += [f"{k}: {v}" for k, v in run.artifact_errors.items()]
+        return result, ""
     path = run.artifacts.get(spec.file)
     if run.status not in ("ok", "error") or path is None:
         # crashed / timed out / killed, or no valid artifact: 0 points, the sandbox's reason
@@ -153,6 +171,30 @@ def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden,
         result.problems.insert(0, f"the notebook stopped with an error after saving {spec.file}: "
                                   f"{run.reason}")
     return result, ""
+
+
+def kept_artifacts(course: Path, assignment: str) -> Path:
+    """Where units scored across submissions keep each student's latest artifacts."""
+    return Path(course) / ".maestro" / "artifacts" / assignment
+
+
+def _keep_artifacts(course: Path, assignment: str, who: str, artifacts: dict) -> None:
+    """Replace the student's kept artifacts with this run's (already validated by the sandbox)."""
+    root = kept_artifacts(course, assignment)
+    dest = root / who
+    fresh = root / f".{who}.new"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    for name, path in artifacts.items():
+        shutil.copyfile(path, fresh / name)
+    shutil.rmtree(dest, ignore_errors=True)
+    fresh.rename(dest)
+
+
+def _is_unit(config: GradingConfig) -> bool:
+    from . import units
+
+    return units.is_unit_kind(config.kind)
 
 
 def submitted_at(nb: Path) -> str:
@@ -350,13 +392,15 @@ class _Job:
     zoo: bool = True  # bind the model zoo (read-only) into the sandbox
     oracle: OracleJob | None = None  # black-box units: the model behind an oracle process
     gpu: bool = False  # give the sandbox the host's NVIDIA GPU(s)
+    #: (papermill parameter, input file name): each parameter gets its file's path in the sandbox
+    input_params: tuple = (("inputs_path", "inputs.npy"),)
 
 
 #: where a Dask worker keeps the private oracle models (never inside the zoo a sandbox may see)
 _WORKER_ORACLE_MODELS = Path.home() / ".cache" / "maestro-oracle-models"
 
 
-def _run_in(workdir: Path, job: _Job, nb: Path, inputs: Path, zoo, session=None) -> RunResult:
+def _run_in(workdir: Path, job: _Job, nb: Path, inputs: dict, zoo, session=None) -> RunResult:
     """One sandboxed run; ``session``: its token on the unit's oracle (black-box units), whose
     socket is bound into the sandbox (the same path inside) and whose URL and token become
     papermill parameters."""
@@ -364,10 +408,10 @@ def _run_in(workdir: Path, job: _Job, nb: Path, inputs: Path, zoo, session=None)
     if sandbox == "auto":
         sandbox = "bwrap" if probe_bwrap()[0] else "fallback"
     where = "/sandbox/inputs" if sandbox == "bwrap" else str(workdir / "inputs")
-    params = {**job.params, "inputs_path": f"{where}/inputs.npy"}
+    params = {**job.params, **{name: f"{where}/{file}" for name, file in job.input_params}}
     if session is not None:
         params.update(session.parameters())
-    return run_notebook(nb, workdir=workdir, parameters=params, inputs={"inputs.npy": inputs},
+    return run_notebook(nb, workdir=workdir, parameters=params, inputs=inputs,
                         outputs=list(job.outputs), limits=job.limits, sandbox=sandbox,
                         maestro_home=zoo if job.zoo else None, gpu=job.gpu,
                         sockets=[session.socket_path] if session is not None else None)
@@ -379,7 +423,7 @@ def _workdir(tmp: Path, who: str) -> Path:
     return workdir
 
 
-def _local_runs(workers: int, job: _Job, todo: dict, inputs: Path, tmp: Path, zoo, oracle=None):
+def _local_runs(workers: int, job: _Job, todo: dict, inputs: dict, tmp: Path, zoo, oracle=None):
     """Yield (student, RunResult | None, grader error, workdir, oracle queries | None) as the
     runs finish. ``oracle``: the unit's running oracle; each run gets a fresh token on it."""
     def one(who: str, nb: Path):
@@ -397,7 +441,7 @@ def _local_runs(workers: int, job: _Job, todo: dict, inputs: Path, tmp: Path, zo
             yield (futures[fut], *fut.result())
 
 
-def run_task(job: _Job, notebook: bytes, notebook_name: str, inputs: bytes) -> dict:
+def run_task(job: _Job, notebook: bytes, notebook_name: str, inputs: dict) -> dict:
     """One submission on a Dask worker: the notebook and the hidden inputs arrive as bytes, the
     run happens in the worker's own sandbox (its own model zoo, ``$MAESTRO_HOME``), and what comes
     back is data: status, reason and the validated artifacts' bytes (never the labels, which
@@ -407,7 +451,10 @@ def run_task(job: _Job, notebook: bytes, notebook_name: str, inputs: bytes) -> d
         (tmp / "in").mkdir()
         nb = tmp / "in" / notebook_name
         nb.write_bytes(notebook)
-        (tmp / "in" / "inputs.npy").write_bytes(inputs)
+        staged = {}
+        for name, data in inputs.items():  # input file name -> bytes
+            staged[name] = tmp / "in" / name
+            staged[name].write_bytes(data)
         workdir = tmp / "run"
         workdir.mkdir()
         from maestro._home import maestro_home
@@ -417,10 +464,10 @@ def run_task(job: _Job, notebook: bytes, notebook_name: str, inputs: bytes) -> d
         if job.oracle is not None:  # the worker's own oracle (its private build made once)
             with job.oracle.serve(_WORKER_ORACLE_MODELS, zoo=maestro_home()) as oracle:
                 session = oracle.issue("dask-task")
-                run = _run_in(workdir, job, nb, tmp / "in" / "inputs.npy", zoo, session)
+                run = _run_in(workdir, job, nb, staged, zoo, session)
                 queries = session.queries()
         else:
-            run = _run_in(workdir, job, nb, tmp / "in" / "inputs.npy", zoo)
+            run = _run_in(workdir, job, nb, staged, zoo)
         return {
             "queries": queries,
             "status": run.status, "reason": run.reason, "duration": run.duration,
@@ -449,7 +496,7 @@ def _from_task(d: dict, workdir: Path) -> RunResult:
                      dict(d["artifact_errors"]), executed, d.get("log_tail", ""), d["sandbox"])
 
 
-def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: Path, tmp: Path, assignment: str, log):
+def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: dict, tmp: Path, assignment: str, log):
     """Like :func:`_local_runs`, with one Dask task per submission on the cluster at ``scheduler``."""
     try:
         from distributed import Client, as_completed
@@ -463,7 +510,7 @@ def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: Path, tmp: Path, a
         n = len(client.scheduler_info().get("workers", {}))
         log(f"maestro autograde: {len(todo)} submission(s) to the Dask scheduler at {scheduler} "
             f"({n} worker(s))")
-        data = client.scatter(inputs.read_bytes(), broadcast=True)
+        data = client.scatter({name: path.read_bytes() for name, path in inputs.items()}, broadcast=True)
         futures = {}
         for who, (nb, digest) in todo.items():
             fut = client.submit(run_task, job, nb.read_bytes(), nb.name, data, pure=False,
@@ -482,6 +529,22 @@ def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: Path, tmp: Path, a
 
 
 # -- the driver -------------------------------------------------------------------------------
+def _write_inputs(folder: Path, hidden, unit, spec) -> tuple[dict, tuple]:
+    """Write the files the sandbox may read; ({file name: path}, ((parameter, file name), ...))."""
+    folder.mkdir()
+    if unit is None:  # attack / defense: the hidden inputs, nothing else
+        np.save(folder / "inputs.npy", hidden.x.numpy().astype(spec.dtype))
+        return {"inputs.npy": folder / "inputs.npy"}, (("inputs_path", "inputs.npy"),)
+    paths = {}
+    for name, content in hidden.inputs.items():
+        paths[name] = folder / name
+        if isinstance(content, bytes):
+            paths[name].write_bytes(content)
+        else:
+            np.save(paths[name], np.asarray(content), allow_pickle=False)
+    return paths, tuple(sorted(hidden.input_params().items()))
+
+
 def autograde(course, assignment: str, *, student: str | None = None, workers: int | None = None,
               timeout: float | None = None, force: bool = False, progress: bool | None = None,
               scheduler: str | None = None, home=None, log=None) -> list[Outcome]:
@@ -543,9 +606,16 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         if not works:
             log(f"maestro autograde: WARNING: {why}; running WITHOUT the bubblewrap sandbox")
     zoo = maestro_home(home)
-    hidden = HiddenData.load(config, read_secret(course))
     oracle_job = None
-    if config.oracle is not None:  # black-box: no zoo in the sandbox, the model behind an oracle
+    unit = None
+    if _is_unit(config):  # the other kinds: the unit makes its inputs and keeps its hidden state
+        from . import units
+
+        unit = units.get(config.kind)
+        hidden = unit.prepare(config, read_secret(course), home=home)
+        model = None
+    elif config.oracle is not None:  # black-box: no zoo in the sandbox, the model behind an oracle
+        hidden = HiddenData.load(config, read_secret(course))
         t = config.threat
         oracle_job = OracleJob.for_unit(
             config.oracle, assignment=config.id, model=config.model, dataset=config.dataset,
@@ -554,18 +624,21 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         oracle_models = course / ".maestro" / "oracle-models"
         model = oracle_job.load_model(oracle_models, zoo=home)  # scored on the oracle's model
     else:
+        hidden = HiddenData.load(config, read_secret(course))
         model = maestro.models.load(config.model, home=home)
     spec = config.artifact()
-    params_base = {"labels_path": None, "eps": config.threat.eps, "quick": False}
+    params_base = {"labels_path": None, "eps": config.threat.eps if config.threat else None, "quick": False}
 
     scratch = _scratch_root(course)
     with tempfile.TemporaryDirectory(prefix=f"run-{os.getpid()}-", dir=scratch) as tmp:
         tmp = Path(tmp)
-        inputs = tmp / "inputs.npy"
-        np.save(inputs, hidden.x.numpy().astype(spec.dtype))
+        inputs, input_params = _write_inputs(tmp / "inputs", hidden, unit, spec)
+        if unit is not None:
+            params_base.update(hidden.plain_params())
         # on Dask each worker probes bubblewrap itself (its machine may differ from this one)
-        job = _Job(params_base, [spec.file], limits, settings.sandbox if scheduler else sandbox,
-                   zoo=oracle_job is None, oracle=oracle_job, gpu=bool(settings.gpu))
+        job = _Job(params_base, [a.file for a in config.artifacts], limits,
+                   settings.sandbox if scheduler else sandbox, zoo=oracle_job is None,
+                   oracle=oracle_job, gpu=bool(settings.gpu), input_params=input_params)
         stack = contextlib.ExitStack()
         if scheduler:
             runs = _dask_runs(scheduler, job, todo, inputs, tmp, assignment, log)
@@ -613,6 +686,8 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                     _record(gb, assignment, who, result.score, config.max_score, now.replace(tzinfo=None))
                     _write_atomic(out / "results.json", json.dumps(_finite(gs), indent=2, allow_nan=False) + "\n")
                     append_history(course, history_entry(config, who, result, nb, digest, run, status))
+                    if unit is not None and unit.keep_artifacts and run is not None and not why:
+                        _keep_artifacts(course, assignment, who, run.artifacts)
                     state = "failed" if why else "graded"
                     outcomes[who] = Outcome(who, state, result.score, config.max_score, why,
                                             out / "results.json", tuple(result.problems),

@@ -38,7 +38,7 @@ from .artifacts import ArtifactError, check_name, open_folder, read_regular
 from .config import GradingConfig, ScoreTerm
 
 __all__ = ["ArtifactRefused", "HiddenData", "Part", "ScoreResult", "load_artifact",
-           "load_weights", "public_mask", "score_submission", "to_gradescope"]
+           "load_weights", "public_mask", "score_parts", "score_submission", "to_gradescope"]
 
 _DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
 _HEADER_SLACK = 4096  # bytes a .npy header may add to the data
@@ -214,7 +214,7 @@ def _query_metrics(queries: int | None, n: int) -> dict:
 def _fmt(metric: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if metric in ("success_rate", "robust_accuracy", "clean_accuracy"):
+    if metric.endswith(("_rate", "_accuracy")) or metric.startswith("tpr_"):
         return f"{100 * value:.1f}%"
     if metric == "queries_per_example":
         return f"{value:.1f}"
@@ -246,6 +246,39 @@ def _zero_parts(config: GradingConfig, share: float, label: str, visibility: str
                 reason: str) -> list[Part]:
     return [Part(f"{label}: {t.name}", 0.0, round(t.points * share, 4), reason, visibility)
             for t in config.terms]
+
+
+def score_parts(config: GradingConfig, metrics: dict, problems: list[str], *, kind: str | None = None,
+                overall: dict | None = None, extra: dict | None = None) -> ScoreResult:
+    """The :class:`ScoreResult` of per-part metrics, for the unit kinds (:mod:`autograder.units`).
+
+    ``metrics``: ``{"public": dict | None, "private": dict | None}``: a part whose metrics are None
+    (its artifact was refused, say) earns 0 on every term with ``problems[0]`` as the reason (or
+    the part's own reason, ``problems`` entries starting with "public part:"/"private part:").
+    ``overall``: metrics on the whole hidden set (default: none). ``extra``: more
+    ``{"public": [Part, ...], ...}`` rows shown after a part's terms (e.g. per-defense results).
+    """
+    shares = {"public": config.split.public_weight, "private": 1.0 - config.split.public_weight}
+    parts: list[Part] = []
+    split: dict[str, dict] = {}
+    for label in ("public", "private"):
+        m = metrics.get(label)
+        if m is None:
+            split[label] = {"valid": False}
+            if shares[label] > 0:
+                own = [p[len(label) + 7:] for p in problems if p.startswith(f"{label} part: ")]
+                reason = own[0] if own else (problems[0] if problems else "not scored")
+                parts += _zero_parts(config, shares[label], label, label, reason)
+            continue
+        split[label] = {**m, "valid": True}
+        if shares[label] > 0:
+            parts += _term_parts(config.terms, m, shares[label], label, label)
+            parts += list((extra or {}).get(label, ()))
+    score = round(sum(p.points for p in parts), 4)
+    whole = {**overall, "valid": True} if overall is not None else {"valid": False}
+    return ScoreResult(score, config.max_score, parts, whole, split["public"], split["private"],
+                       passed=score >= config.pass_score, problems=list(problems),
+                       kind=kind or config.kind)
 
 
 def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData, model, *,
@@ -555,6 +588,10 @@ def _score_defense(config: GradingConfig, artifacts: dict, hidden: HiddenData, m
 
 
 # -- Gradescope ----------------------------------------------------------------------------
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict:
     """The Gradescope ``results.json`` dict: ``score``, ``output``, ``tests`` (name, score,
     max_score, output, visibility) and a public ``leaderboard``. Private parts are
@@ -572,8 +609,15 @@ def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict
         })
     pub = result.public_metrics
     defense = result.kind == "defense"
+    unit = None
+    if result.kind not in ("attack", "defense"):
+        from . import units
+
+        unit = units.get(result.kind)
 
     def summary(m) -> str:
+        if unit is not None:
+            return unit.summary(m)
         if defense:
             return (f"clean accuracy {_fmt('clean_accuracy', m.get('clean_accuracy'))}, "
                     f"robust accuracy {_fmt('robust_accuracy', m.get('robust_accuracy'))}")
@@ -592,7 +636,10 @@ def to_gradescope(result: ScoreResult, *, deadline_passed: bool = False) -> dict
     else:
         lines.append("private part: scored after the deadline")
     leaderboard = []
-    if pub.get("valid") and defense:
+    if pub.get("valid") and unit is not None:
+        leaderboard = [{"name": f"{name} (public)", "value": round(float(pub[metric]), 4), "order": order}
+                       for metric, name, order in unit.leaderboard_columns() if _is_num(pub.get(metric))]
+    elif pub.get("valid") and defense:
         leaderboard = [
             {"name": "robust accuracy (public)", "value": round(100 * pub["robust_accuracy"], 2), "order": "desc"},
             {"name": "clean accuracy (public)", "value": round(100 * pub["clean_accuracy"], 2), "order": "desc"},

@@ -71,3 +71,36 @@ def release(notebook: Path, unit: str, course: Path) -> Path:
     path = course / "release" / unit / notebook.name
     assert path.is_file()
     return path
+
+
+def run_unit(unit_dir: Path, out_dir: Path, secret: str, *, notebook: Path | None = None,
+             quick: bool = True, home=None, **params):
+    """Run a unit-kind notebook (grading.toml kind from autograder.units) the way the grader
+    does — the kind's ``prepare`` makes the input files and papermill parameters from ``secret``
+    — but with papermill here, without the sandbox. Returns ``(executed notebook, error or None,
+    {artifact name: path of the files the notebook wrote}, prepared, config)``; score with
+    ``autograder.units.get(config.kind).score(config, artifacts, prepared)``."""
+    from autograder import units
+    from autograder.config import load_config
+
+    config = load_config(unit_dir / "grading.toml")
+    kind = units.get(config.kind)
+    prepared = kind.prepare(config, secret, home=home)
+    inputs = out_dir / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for name, content in prepared.inputs.items():
+        if isinstance(content, bytes):
+            (inputs / name).write_bytes(content)
+        else:
+            import numpy as np
+
+            np.save(inputs / name, np.asarray(content), allow_pickle=False)
+    nb_params = {"labels_path": None, "eps": config.threat.eps if config.threat else None,
+                 "inputs": {n: str(inputs / n) for n in prepared.inputs},
+                 **prepared.plain_params(),
+                 **{p: str(inputs / f) for p, f in prepared.input_params().items()},
+                 "quick": quick, **params}
+    nb, error = execute(notebook or unit_dir / config.notebook.file, out_dir, **nb_params)
+    produced = {a.file: out_dir / "output" / a.file for a in config.artifacts
+                if (out_dir / "output" / a.file).is_file()}
+    return nb, error, produced, prepared, config
