@@ -4,7 +4,7 @@
 anything missing, misspelt or out of range raises :class:`ConfigError` naming the file, the
 table and the key. The file format (see ``assignments/01-whitebox/grading.toml``)::
 
-    [assignment]  id, title, model, dataset, max_score, pass_score, kind ("attack" | "defense")
+    [assignment]  id, title, model, dataset, max_score, pass_score, kind ("attack" | "defense" | a unit kind)
     [threat]      norm, eps, bounds, atol          -> maestro.ThreatModel
     [notebook]    file, labels ("model-predictions": hidden labels never reach the sandbox), timeout_s
     [artifacts.NAME]  file, dtype, shape ("inputs" or a list of ints)             (attack: *.npy)
@@ -24,6 +24,13 @@ Two kinds of assignment (``[assignment] kind``, default "attack"):
   ``[defense] attacks`` suite (each attack on the points the previous ones left robust; every
   ``x_adv`` validated by the threat model). Metrics: ``clean_accuracy``, ``robust_accuracy`` (the
   worst case over the suite), ``success_rate`` (share of the clean-correct points the suite breaks).
+
+**The other kinds** (text attacks, adaptive attacks, backdoors, membership inference, certified
+robustness, the war) are plug-ins, :mod:`autograder.units`: each reads its own table (named after
+the kind, e.g. ``[privacy]``), makes its own sandbox inputs from the course secret, scores every
+artifact itself and names its own metrics. For them ``[threat]`` is optional unless the kind
+perturbs inputs (its norm may be ``"tokens"``), artifacts may also be ``.json`` or integer arrays
+(``shape = "any"`` lets the kind check the shape), and ``[defense]`` is optional.
 
 A score term earns ``points · clip((metric − zero_at) / (full_at − zero_at), 0, 1)``: it works
 for "higher is better" (full_at > zero_at) and "lower is better" (full_at < zero_at) metrics.
