@@ -232,7 +232,7 @@ class Authenticate:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return await _plain(send, 401, "missing token: send 'Authorization: Bearer <token>'", challenge)
-        who = await run_in_threadpool(self.store.authenticate, token)
+        who = self.store.cached_caller(token) or await run_in_threadpool(self.store.authenticate, token)
         if who is None:
             return await _plain(send, 401, "invalid or revoked token", challenge)
         wait = self.limiter.check(who.token_id)
@@ -491,28 +491,32 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         except (TypeError, ValueError) as err:
             raise _unprocessable(str(err)) from None
 
-    def charge(who: Caller, task: Served, n: int) -> None:
+    def charge(who: Caller, task: Served, n: int) -> int:
+        """Reserve ``n`` inputs of the budget (429 when it cannot cover them); returns the inputs used."""
         budget = budget_of(who, task)
-        if not store.reserve(who.token_id, task.cfg.name, n, budget):
+        used = store.charge(who.token_id, task.cfg.name, n, budget)
+        if used is None:
             left = max(0, budget - store.used(who.token_id, task.cfg.name))
             raise HTTPException(
                 429,
                 f"budget spent: this request needs {n} queries but only {left} of your budget of "
                 f"{budget} for task {task.cfg.name!r} are left; nothing was run",
             )
+        return used
 
     def run_charged(who: Caller, task: Served, n: int, fn):
-        charge(who, task, n)
+        """(the answer of ``fn()``, inputs used after this charge); the charge is refunded if
+        ``fn`` fails."""
+        used = charge(who, task, n)
         try:
-            return fn()
+            return fn(), used
         except Exception:
             store.refund(who.token_id, task.cfg.name, n)
             log.exception("model call failed on task %s", task.cfg.name)
             raise
 
-    def answer(who: Caller, task: Served, n: int, out, fmt: str) -> dict:
+    def answer(who: Caller, task: Served, n: int, out, used: int, fmt: str) -> dict:
         budget = budget_of(who, task)
-        used = store.used(who.token_id, task.cfg.name)
         extra = {}
         if isinstance(out, tuple):
             out, logits_ = out
@@ -534,15 +538,15 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         m = task.model
         if op == "gradient":
             y = parse_labels(task, body.labels, n)
-            out = run_charged(who, task, n, lambda: m.gradient(
+            out, used = run_charged(who, task, n, lambda: m.gradient(
                 x, y, loss=body.loss, targeted=body.targeted, return_logits=body.return_logits))
         elif op == "predict":
-            out = run_charged(who, task, n, lambda: m.predict(x))
+            out, used = run_charged(who, task, n, lambda: m.predict(x))
         elif op == "proba":
-            out = run_charged(who, task, n, lambda: m.predict_proba(x))
+            out, used = run_charged(who, task, n, lambda: m.predict_proba(x))
         else:
-            out = run_charged(who, task, n, lambda: m.logits(x))
-        return answer(who, task, n, out, fmt)
+            out, used = run_charged(who, task, n, lambda: m.logits(x))
+        return answer(who, task, n, out, used, fmt)
 
     # -- routes ---------------------------------------------------------------------------------
     TaskName = Path(..., description="a task name from GET /v1/tasks")
