@@ -468,3 +468,34 @@ def test_no_5xx_for_junk_on_any_endpoint(server, http):
     r = http.post("/v1/tasks/digits-wb/predict", json={"inputs": big_endian}, headers=h)
     assert r.status_code == 200 and r.json()["outputs"] == maestro.models.load("cnn-digits").predict(
         np.zeros((2, 1, 8, 8), np.float32)).tolist()
+
+
+def test_a_token_revoked_elsewhere_stops_working_within_the_auth_ttl(tmp_path):
+    """The server remembers a token for ``auth_ttl`` seconds; `maestro tokens revoke` (another
+    Store on the same database) takes effect once that has passed, and a revocation through the
+    server's own store at once."""
+    import time
+
+    from maestro.server.db import Store
+
+    url = f"sqlite:///{tmp_path / 'tokens.db'}"
+    server, cli = Store(url, auth_ttl=0.5), Store(url)
+    token = cli.create_token("alice")
+    assert server.authenticate(token) is not None and server.cached_caller(token) is not None
+    assert cli.revoke("alice") == 1
+    time.sleep(0.6)
+    assert server.cached_caller(token) is None and server.authenticate(token) is None
+    other = cli.create_token("bob")
+    assert server.authenticate(other) is not None
+    assert server.revoke("bob") == 1 and server.cached_caller(other) is None
+
+
+def test_charge_returns_the_usage_and_refuses_past_the_budget(tmp_path):
+    from maestro.server.db import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'usage.db'}")
+    who = store.authenticate(store.create_token("carol"))
+    assert store.charge(who.token_id, "digits", 30, 50) == 30  # creates the usage row
+    assert store.charge(who.token_id, "digits", 30, 50) is None  # refused whole: nothing charged
+    assert store.charge(who.token_id, "digits", 20, 50) == 50
+    assert store.charge(who.token_id, "other", 7, None) == 7 and store.used(who.token_id, "digits") == 50
