@@ -43,7 +43,8 @@ def _autograde(args: argparse.Namespace) -> int:
             line += f"  {o.reason[:160]}"
         elif o.state == "graded" and o.problems and not o.passed:
             line += f"  {o.problems[0][:160]}"
-        print(line)
+        print(" ".join(line.split("\n")))  # a reason may hold newlines: one line per student
+    sys.stdout.flush()  # the summary goes to stderr: keep it after the table when both are captured
     counts = {s: sum(o.state == s for o in outcomes) for s in ("graded", "failed", "skipped", "error")}
     print(f"{counts['graded']} graded, {counts['failed']} failed (score 0), {counts['skipped']} "
           "skipped (unchanged; --force regrades)"
@@ -62,7 +63,8 @@ def print_board(board, file=None) -> None:
         print("  no graded submissions yet", file=file)
         return
     width = max(len(str(d["name"])) for d in rows)
-    extra = [k for k in ("success_rate", "robust_accuracy", "clean_accuracy", "auc") if k in rows[0]]
+    extra = [k for k in ("success_rate", "robust_accuracy", "clean_accuracy", "auc", "attack_score",
+                         "defense_score") if k in rows[0]]
     for d in rows:
         line = f"{d['rank']:>3}. {d['name']:<{width}}  {d['score']:6.1f}"
         if board.final:

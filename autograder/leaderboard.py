@@ -43,6 +43,8 @@ METRIC_COLUMNS = {
     "median_l2": ("median L2", "num"),
     "auc": ("AUC", "num"),
     "certified_accuracy": ("certified acc.", "pct"),
+    "attack_score": ("attack", "pct"),      # war: mean over opponents of the attack's cells
+    "defense_score": ("defense", "pct"),    # war: mean over opponents of 1 − their attack's cell
 }
 
 
@@ -192,7 +194,7 @@ def rank(entries, *, final: bool = False, pseudonyms: str | None = None, assignm
     for i, e in enumerate(ordered):
         score = e.scaled(part)
         r = rows[-1].rank if rows and math.isclose(rows[-1].score, score, abs_tol=1e-9) else i + 1
-        name = pseudonym(e.student, pseudonyms) if pseudonyms else e.student
+        name = pseudonym(e.student, pseudonyms) if pseudonyms and not _is_reference(e.student) else e.student
         rows.append(Row(r, name, score, e, count[e.student]))
     return Board(assignment, title or assignment, final, rows, max_score)
 
@@ -201,12 +203,19 @@ def _key(e: Entry, part: str):
     return (-round(e.scaled(part), 9), e.submitted_at)
 
 
+def _is_reference(name: str) -> bool:
+    """The grader's own players in a war ("reference/robust", ...) keep their names."""
+    return name.startswith("reference/")
+
+
 def tournament(matrix: dict, *, pseudonyms: str | None = None, assignment: str = "",
-               title: str = "", max_score: float = 100.0) -> Board:
+               title: str = "", max_score: float = 100.0, final: bool = False) -> Board:
     """A war leaderboard. ``matrix`` = {"attackers": [ids], "defenders": [ids], "cells":
     [[attack success of attacker i against defender j, in 0..1, or None if not played]]}.
     Each student's score is the mean over opponents (never against themselves) of their attack
-    success (as attacker) and of 1 − the opponents' success (as defender), scaled to max_score."""
+    success (as attacker) and of 1 − the opponents' success (as defender), scaled to max_score.
+    ``final``: the matrix was played on the private part (the board says so; the score is the
+    same number in every column)."""
     atk, dfn, cells = list(matrix["attackers"]), list(matrix["defenders"]), matrix["cells"]
     if len(cells) != len(atk) or any(len(row) != len(dfn) for row in cells):
         raise ValueError("tournament: cells must be len(attackers) × len(defenders)")
@@ -224,11 +233,15 @@ def tournament(matrix: dict, *, pseudonyms: str | None = None, assignment: str =
     for s in sorted(set(atk) | set(dfn)):
         a = sum(as_atk.get(s, [])) / len(as_atk[s]) if as_atk.get(s) else 0.0
         d = sum(as_dfn.get(s, [])) / len(as_dfn[s]) if as_dfn.get(s) else 0.0
-        half = max_score / 2
-        entries.append(Entry(s, assignment, "", half * (a + d), max_score, half * (a + d), max_score,
-                             0.0, 0.0, {"attack_score": a, "defense_score": d}))
-    board = rank(entries, pseudonyms=pseudonyms, assignment=assignment, title=title)
-    names = {s: (pseudonym(s, pseudonyms) if pseudonyms else s) for s in set(atk) | set(dfn)}
+        pts = max_score / 2 * (a + d)
+        metrics = {"attack_score": a, "defense_score": d}
+        entries.append(Entry(s, assignment, "", pts, max_score, pts, max_score, pts, max_score,
+                             metrics, dict(metrics)))
+    board = rank(entries, final=final, pseudonyms=pseudonyms, assignment=assignment, title=title)
+    board.max_score = max_score
+    board.metrics = ("attack_score", "defense_score")
+    names = {s: (pseudonym(s, pseudonyms) if pseudonyms and not _is_reference(s) else s)
+             for s in set(atk) | set(dfn)}
     board.matrix = {"attackers": [names[a] for a in atk], "defenders": [names[d] for d in dfn],
                     "cells": [[None if v is None else round(float(v), 4) for v in row] for row in cells]}
     return board
@@ -275,6 +288,12 @@ def from_course(course, assignment: str, *, final: bool = False, pseudonyms: boo
     course = Path(course)
     cfg = load_config(course / "source" / assignment / "grading.toml")
     secret = read_secret(course) if pseudonyms else None
+    if cfg.kind == "war":  # every kept attack against every kept defense, on the hidden labels
+        from .units.war import tournament_matrix
+
+        matrix = tournament_matrix(course, cfg, read_secret(course), part="private" if final else "public")
+        return tournament(matrix, pseudonyms=secret, assignment=assignment, title=cfg.title or assignment,
+                          max_score=cfg.max_score, final=final)
     board = rank(read_history(course, assignment), final=final, pseudonyms=secret,
                  assignment=assignment, title=cfg.title or assignment)
     board.max_score = cfg.max_score
@@ -396,7 +415,7 @@ def _matrix_html(m: dict) -> str:
     for a, cells in zip(m["attackers"], m["cells"]):
         tds = "".join(f"<td>{'' if v is None else f'{100 * v:.0f}%'}</td>" for v in cells)
         rows.append(f'<tr><th class="name">{e(a)}</th>{tds}</tr>')
-    return ("<h2>Tournament: attack success, attacker (row) against defender (column)</h2>\n"
+    return ("<h2>Tournament: share of the hidden images each defender (column) misreads at each attacker’s (row) inputs</h2>\n"
             f'<div class="wrap"><table id="matrix"><thead><tr><th>attacker \\ defender</th>{head}'
             "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>\n")
 

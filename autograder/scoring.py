@@ -40,7 +40,8 @@ from .config import GradingConfig, ScoreTerm
 __all__ = ["ArtifactRefused", "HiddenData", "Part", "ScoreResult", "load_artifact",
            "load_weights", "public_mask", "score_parts", "score_submission", "to_gradescope"]
 
-_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
+_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
+           "int64": np.int64, "int32": np.int32, "bool": np.bool_}
 _HEADER_SLACK = 4096  # bytes a .npy header may add to the data
 _ST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16"}  # safetensors' dtype names
 _ST_HEADER_MAX = 1 << 20  # bytes a .safetensors JSON header may take (names, shapes, metadata)
@@ -122,7 +123,9 @@ class ScoreResult:
 
 
 # -- artifacts ---------------------------------------------------------------------------
-def load_artifact(path, *, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+def load_artifact(path, *, dtype: str, shape: tuple[int, ...],
+                  shape_hint: str = "the shape of the inputs you were given",
+                  cast_hint: str = "x_adv.astype(np.float32)") -> np.ndarray:
     """Read one ``.npy`` safely: the file checks of :mod:`autograder.artifacts` (regular file,
     no symlink or hard link, size-capped), then the header (dtype, shape, no objects) before
     any data is loaded, never a pickle."""
@@ -158,11 +161,10 @@ def load_artifact(path, *, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
             raise ArtifactRefused(f"{name} holds Python objects (a pickle); save a plain "
                                   f"{dtype} array")
         if got_dtype.kind != want.kind or got_dtype.itemsize != want.itemsize:
-            raise ArtifactRefused(f"{name} has dtype {got_dtype}; expected {dtype} "
-                                  f"(x_adv.astype(np.float32))")
+            raise ArtifactRefused(f"{name} has dtype {got_dtype}; expected {dtype} ({cast_hint})")
         if tuple(got_shape) != tuple(shape):
             raise ArtifactRefused(f"{name} has shape {tuple(got_shape)}; expected {tuple(shape)}, "
-                                  "the shape of the inputs you were given")
+                                  f"{shape_hint}")
         exact = fh.tell() + int(np.prod(shape, dtype=np.int64)) * want.itemsize
         if len(data) != exact:
             raise ArtifactRefused(f"{name} is {len(data)} bytes, not the {exact} bytes of an array of "
@@ -214,7 +216,7 @@ def _query_metrics(queries: int | None, n: int) -> dict:
 def _fmt(metric: str, value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if metric.endswith(("_rate", "_accuracy")) or metric.startswith("tpr_"):
+    if (metric.endswith(("_rate", "_accuracy", "soundness")) or metric.startswith(("tpr_", "certified_accuracy"))):
         return f"{100 * value:.1f}%"
     if metric == "queries_per_example":
         return f"{value:.1f}"
@@ -481,6 +483,9 @@ def load_weights(path, *, arch: str, config: dict, dtype: str = "float32", label
         module.load_state_dict({k: tensors[k] for k in expected}, strict=True)
     except Exception as err:  # the checks above should make this unreachable
         raise ArtifactRefused(f"{name} could not be loaded into {what}: {str(err)[:200]}") from None
+    from maestro.models.store import flush_subnormals_
+
+    flush_subnormals_(module)  # subnormal weights would slow the grader's attacks several-fold
     return module.eval()
 
 

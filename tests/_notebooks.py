@@ -54,10 +54,13 @@ def release(notebook: Path, unit: str, course: Path) -> Path:
     import shutil
     import subprocess
 
+    from autograder.course import CODE_STUB
+
     (course / "nbgrader_config.py").write_text(
         "c = get_config()\n"
         f"c.CourseDirectory.root = {str(course)!r}\n"
         "c.CourseDirectory.course_id = 'maestro-test'\n"
+        f"c.ClearSolutions.code_stub = {CODE_STUB!r}\n"  # the stubs say "not implemented yet"
     )
     src = course / "source" / unit
     src.mkdir(parents=True)
