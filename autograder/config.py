@@ -247,6 +247,8 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
 
     kinds = KINDS + tuple(units.KINDS)
     kind_raw = raw.get("assignment", {}).get("kind", "attack") if isinstance(raw.get("assignment"), dict) else "attack"
+    if kind_raw not in kinds:  # before the unknown-table check: a misspelt kind explains it
+        raise ConfigError(f"{where}: [assignment] kind: {_one_of(kinds)(kind_raw)}")
     unit = units.get(kind_raw) if units.is_unit_kind(kind_raw) else None
     top = _Table(where, raw, "top level")
     for key in ("assignment", "threat", "artifacts", "score", "split", "notebook", "defense", "oracle"):
@@ -357,6 +359,9 @@ def _threat(where: str, raw, *, tokens: bool) -> ThreatSpec:
         raise ConfigError(f"{where}: [threat] bounds: expected [low, high] with low < high, got {bounds!r}")
     atol = t.get("atol", float, 1e-6, check=lambda v: None if 0 <= v < 1 else "must lie in [0, 1)")
     t.done()
+    if norm in ("l0", "tokens") and eps != int(eps):
+        raise ConfigError(f"{where}: [threat] eps: norm {norm!r} counts changed values, so eps must be "
+                          f"a whole number, got {eps!r}")
     return ThreatSpec(norm, eps, (float(bounds[0]), float(bounds[1])), atol)
 
 
