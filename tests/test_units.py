@@ -106,3 +106,55 @@ def test_unit_releases_cleanly_and_its_stub_scores_zero_without_leaks(course, un
             assert line not in text, (page.name, line)
         assert labels not in text.replace(" ", "").replace(",", "")
         assert read_secret(root) not in text
+
+
+# -- plug-in kinds: the grading.toml loader ------------------------------------------------------
+def _privacy_raw() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO_ASSIGNMENTS / "08-privacy" / "grading.toml").read_text(encoding="utf-8"))
+
+
+def test_every_registered_kind_loads_and_is_used_by_a_unit():
+    from autograder import units
+    from autograder.config import load_config
+
+    used = {load_config(REPO_ASSIGNMENTS / u / "grading.toml").kind for u in UNITS}
+    for name in units.KINDS:
+        kind = units.get(name)
+        assert kind.name == name and kind.metrics, name
+        assert name in used, f"no unit under assignments/ uses kind {name!r}"
+
+
+def test_a_unit_kinds_grading_toml_mistakes_are_named():
+    from autograder.config import ConfigError, parse_config
+
+    raw = _privacy_raw()
+    assert parse_config(raw).unit.members == raw["privacy"]["members"]
+    bad = _privacy_raw()
+    bad["assignment"]["kind"] = "membersihp"
+    with pytest.raises(ConfigError, match=r"kind: must be one of .*'membership'"):
+        parse_config(bad)
+    bad = _privacy_raw()
+    bad["score"]["terms"][0]["metric"] = "success_rate"  # an attack unit's metric, not this kind's
+    with pytest.raises(ConfigError, match=r"metric: must be one of .*'auc'"):
+        parse_config(bad)
+    bad = _privacy_raw()
+    bad["secrets"] = {"x": 1}  # a table no one reads
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) secrets"):
+        parse_config(bad)
+    bad = _privacy_raw()
+    bad["threat"] = {"norm": "tokens", "eps": 1.5}
+    with pytest.raises(ConfigError, match=r"\[threat\]"):
+        parse_config(bad)
+
+
+def test_only_unit_kinds_may_use_the_tokens_norm():
+    import tomllib
+
+    from autograder.config import ConfigError, parse_config
+
+    raw = tomllib.loads((REPO_ASSIGNMENTS / "01-whitebox" / "grading.toml").read_text(encoding="utf-8"))
+    raw["threat"]["norm"] = "tokens"
+    with pytest.raises(ConfigError, match=r"\[threat\] norm: must be one of"):
+        parse_config(raw)
