@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 # Hugging Face libraries retry the network for ~25 s when offline; Maestro's assets are local.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+# test processes (pytest-xdist; whole files per process, so module fixtures run once). 0: one process
+PYTEST_WORKERS ?= 2
 
 .PHONY: install models demo test bench lint lab clean help
 
@@ -35,7 +37,7 @@ demo: models
 	$(OFFLINE) $(BIN)/maestro demo $(DEMO_FLAGS)
 
 test: models
-	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_FLAGS)
+	$(OFFLINE) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)
 
 bench: models
 	$(OFFLINE) $(BIN)/python benchmarks/wrapper.py

@@ -97,6 +97,13 @@ class Store:
                 Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
         self.engine = create_engine(url, **kwargs)
+        # the budget charge runs on every model request: one statement text, built once (SQLAlchemy's
+        # expression building and cache-key work cost more than the UPDATE itself on SQLite)
+        returning = " RETURNING used" if self.engine.dialect.update_returning else ""
+        charge = ("UPDATE usage SET used = used + :n, requests = requests + 1 "
+                  "WHERE token_id = :tid AND task = :task")
+        self._charge_sql = {False: text(charge + returning),
+                            True: text(charge + " AND used + :n <= :budget" + returning)}
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _create_tables(self.engine)
@@ -174,14 +181,14 @@ class Store:
         if self.auth_ttl > 0:
             if len(self._auth_cache) >= self._AUTH_CACHE_MAX:
                 self._auth_cache.clear()
-            self._auth_cache[hash_token(token)] = (caller, time.monotonic() + self.auth_ttl)
+            self._auth_cache[token] = (caller, time.monotonic() + self.auth_ttl)  # memory only
         return caller
 
     def cached_caller(self, token: str) -> Caller | None:
         """The caller :meth:`authenticate` found for ``token`` less than ``auth_ttl`` seconds
         ago, else None (then ask :meth:`authenticate`). No database access: safe to call on an
         event loop."""
-        hit = self._auth_cache.get(hash_token(token)) if token else None
+        hit = self._auth_cache.get(token) if token else None
         if hit is None or hit[1] < time.monotonic():
             return None
         return hit[0]
@@ -211,18 +218,16 @@ class Store:
         """Charge ``n`` inputs to (token, task) if the budget allows it, atomically (one
         conditional UPDATE); returns the inputs used after this charge, or None when the budget
         cannot cover ``n`` (nothing is charged then)."""
-        cond = (usage.c.token_id == token_id) & (usage.c.task == task)
-        if budget is not None:
-            cond = cond & (usage.c.used + n <= budget)
-        stmt = update(usage).where(cond).values(used=usage.c.used + n, requests=usage.c.requests + 1)
+        stmt = self._charge_sql[budget is not None]
+        params = {"n": n, "tid": token_id, "task": task, "budget": budget}
         returning = self.engine.dialect.update_returning
         with self.engine.begin() as conn:
             for attempt in range(2):
                 if returning:
-                    used = conn.execute(stmt.returning(usage.c.used)).scalar()
+                    used = conn.execute(stmt, params).scalar()
                     if used is not None:
                         return int(used)
-                elif conn.execute(stmt).rowcount == 1:
+                elif conn.execute(stmt, params).rowcount == 1:
                     return self._used(conn, token_id, task)
                 if attempt == 0 and not self._has_row(conn, token_id, task):
                     self._ensure_row(conn, token_id, task)  # the first request of this token on this task
