@@ -359,9 +359,6 @@ def _threat(where: str, raw, *, tokens: bool) -> ThreatSpec:
         raise ConfigError(f"{where}: [threat] bounds: expected [low, high] with low < high, got {bounds!r}")
     atol = t.get("atol", float, 1e-6, check=lambda v: None if 0 <= v < 1 else "must lie in [0, 1)")
     t.done()
-    if norm in ("l0", "tokens") and eps != int(eps):
-        raise ConfigError(f"{where}: [threat] eps: norm {norm!r} counts changed values, so eps must be "
-                          f"a whole number, got {eps!r}")
     return ThreatSpec(norm, eps, (float(bounds[0]), float(bounds[1])), atol)
 
 

@@ -144,8 +144,8 @@ def test_a_unit_kinds_grading_toml_mistakes_are_named():
     with pytest.raises(ConfigError, match=r"unknown key\(s\) secrets"):
         parse_config(bad)
     bad = _privacy_raw()
-    bad["threat"] = {"norm": "tokens", "eps": 1.5}
-    with pytest.raises(ConfigError, match=r"\[threat\]"):
+    bad["threat"] = {"norm": "linf"}  # optional for this kind, but checked when given
+    with pytest.raises(ConfigError, match=r"\[threat\] eps: missing"):
         parse_config(bad)
 
 
