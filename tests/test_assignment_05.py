@@ -28,15 +28,8 @@ UNIT = ROOT / "assignments" / A
 NOTEBOOK = UNIT / f"{A}.ipynb"
 SECRET = "maestro-test-course-secret"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # tiny models: one thread
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _raw():

@@ -33,16 +33,8 @@ NOTEBOOK = UNIT / f"{A}.ipynb"
 SECRET = "maestro-test-course-secret"
 NAMES = ("squeeze", "saturate", "noise", "noisy_squeeze")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # tiny models: one thread
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one torch thread is the fastest (and reproducible) setting."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
