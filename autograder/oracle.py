@@ -115,9 +115,9 @@ def oracle_spec(grading_toml: str | os.PathLike) -> OracleSpec | None:
 # -- the course's private build of a zoo model ------------------------------------------------
 def private_seed(secret: str | bytes, model: str) -> int:
     """A 31-bit training seed from the course secret and the model name."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    digest = hashlib.sha256(b"maestro-oracle-model\x00" + model.encode() + b"\x00" + raw).digest()
-    return int.from_bytes(digest[:4], "big") >> 1
+    from maestro.datasets.splits import secret_seed
+
+    return secret_seed(secret, model, domain="maestro-oracle-model", bits=31)
 
 
 def private_model_home(model: str, cache_dir: str | os.PathLike, *, seed: int,

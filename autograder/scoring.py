@@ -23,7 +23,6 @@ hold aggregate metrics and, for threat-model violations, the row numbers of the 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -91,9 +90,9 @@ def public_mask(n: int, config: GradingConfig, secret: str | bytes) -> np.ndarra
     """Which of ``n`` hidden examples are public: ``round(public_fraction · n)`` of them, chosen
     by a permutation seeded with sha256("maestro-split" ‖ salt ‖ secret) — students cannot
     reproduce it without the course secret, and it differs between assignments (salt)."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    digest = hashlib.sha256(b"maestro-split\x00" + config.split.salt.encode() + b"\x00" + raw).digest()
-    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    from maestro.datasets.splits import secret_seed
+
+    gen = torch.Generator().manual_seed(secret_seed(secret, config.split.salt, domain="maestro-split"))
     order = torch.randperm(n, generator=gen).numpy()
     mask = np.zeros(n, dtype=bool)
     mask[order[: round(config.split.public_fraction * n)]] = True

@@ -32,7 +32,6 @@ with the reason: file, rule and row numbers of the student's own array, never la
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,9 +155,9 @@ class _Hidden:
 
 def noise_seed(secret: str | bytes, assignment: str) -> int:
     """A 63-bit seed for the grader's noise draws, from the course secret and the assignment."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    digest = hashlib.sha256(b"maestro-adaptive\x00" + assignment.encode() + b"\x00" + raw).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    from maestro.datasets.splits import secret_seed
+
+    return secret_seed(secret, assignment, domain="maestro-adaptive")
 
 
 def _in_range(lo, hi):

@@ -46,7 +46,6 @@ rows against a clean copy; the notebook forbids it, nothing here can detect it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import math
 import os
@@ -188,10 +187,9 @@ class BackdoorState:
 
 
 def _rng(secret: str | bytes, ident: str, what: str) -> torch.Generator:
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    digest = hashlib.sha256(b"maestro-backdoor\x00" + ident.encode() + b"\x00" + what.encode()
-                            + b"\x00" + raw).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    from maestro.datasets.splits import secret_seed
+
+    return torch.Generator().manual_seed(secret_seed(secret, ident, what, domain="maestro-backdoor"))
 
 
 def suspect_set(train, gen: torch.Generator | int, *, poison: tuple[int, int] = (24, 40),

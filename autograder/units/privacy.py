@@ -30,7 +30,6 @@ the private part, revealed after the deadline, is out of reach of that.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,10 +126,9 @@ def train_target(x: torch.Tensor, y: torch.Tensor, spec: dict, seed: int) -> tor
 
 def _seed(secret: str | bytes, salt: str, what: str) -> int:
     """A 63-bit seed for ``what`` from the course secret and the assignment's salt."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    digest = hashlib.sha256(b"maestro-membership\x00" + salt.encode() + b"\x00" + what.encode()
-                            + b"\x00" + raw).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    from maestro.datasets.splits import secret_seed
+
+    return secret_seed(secret, salt, what, domain="maestro-membership")
 
 
 def pool_size(dataset: str) -> int:

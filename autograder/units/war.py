@@ -160,9 +160,9 @@ def _parse_war(where: str, raw, config) -> WarSpec:
 # -- the reference opponents ------------------------------------------------------------------
 def robust_seed(secret: str | bytes, assignment: str) -> int:
     """The reference robust model's 31-bit training seed, from the course secret."""
-    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    digest = hashlib.sha256(b"maestro-war-robust\x00" + assignment.encode() + b"\x00" + raw).digest()
-    return int.from_bytes(digest[:4], "big") >> 1
+    from maestro.datasets.splits import secret_seed
+
+    return secret_seed(secret, assignment, domain="maestro-war-robust", bits=31)
 
 
 def _course_of(config) -> Path | None:

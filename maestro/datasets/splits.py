@@ -40,11 +40,16 @@ def _bounds(n: int) -> dict[str, tuple[int, int]]:
     return out
 
 
-def secret_seed(secret: str | bytes, name: str) -> int:
-    """A 63-bit seed derived from the course secret and the data set's name."""
+def secret_seed(secret: str | bytes, *names: str, domain: str = "maestro-hidden", bits: int = 63) -> int:
+    """A ``bits``-bit (63 or 31) seed from sha256(domain ‖ names ‖ course secret), parts separated
+    by NUL: students cannot reproduce it without the secret, and each domain (hidden splits, a
+    unit's noise draws, a private model build, …) gets seeds of its own."""
+    if bits not in (31, 63):
+        raise ValueError(f"bits must be 31 or 63, got {bits}")
     raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-    digest = hashlib.sha256(b"maestro-hidden\x00" + name.encode() + b"\x00" + raw).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    label = b"\x00".join(part.encode() for part in (domain, *names))
+    digest = hashlib.sha256(label + b"\x00" + raw).digest()
+    return int.from_bytes(digest[:(bits + 1) // 8], "big") >> 1
 
 
 def resolve_secret(secret: str | bytes | None) -> str | bytes:
