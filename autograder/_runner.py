@@ -17,7 +17,7 @@ import sys
 sys.modules.setdefault("rfc3987_syntax", None)
 
 
-def _capped_engine(max_bytes: int):
+def _capped_engine(max_bytes: int, iopub_seconds: float):
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
 
@@ -59,9 +59,12 @@ def _capped_engine(max_bytes: int):
             kwargs.pop("startup_timeout", None)
             from papermill.engines import logger
 
+            # nbclient waits only 4 s, after a cell's reply, for the output still queued; a
+            # busy machine draining a cell that printed a lot needs longer (CI saw exactly
+            # that). The sandbox's wall clock bounds the whole run anyway.
             return CappedClient(nb_man, timeout=execution_timeout, startup_timeout=start_timeout,
                                 kernel_name=kernel_name, log=logger, log_output=False,
-                                **kwargs).execute()
+                                iopub_timeout=iopub_seconds, **kwargs).execute()
 
     return CappedEngine
 
@@ -98,7 +101,8 @@ def main() -> int:
         import papermill
         from papermill.engines import papermill_engines
 
-        papermill_engines.register("maestro-capped", _capped_engine(int(config["output_bytes"])))
+        papermill_engines.register("maestro-capped", _capped_engine(
+            int(config["output_bytes"]), int(config.get("wall_seconds", 3600)) + 1))
         _record_kernel_processes()
         try:
             nb = papermill.execute_notebook(

@@ -407,7 +407,8 @@ def run_notebook(
     nb_params = {**parameters, "inputs": {n: f"{root_inputs}/{n}" for n in inputs},
                  "output_dir": f"{root_work}/outputs"}
     config = {"input": f"{root_work}/submission.ipynb", "output": f"{root_work}/executed.ipynb",
-              "parameters": nb_params, "cwd": root_work, "output_bytes": limits.output_bytes}
+              "parameters": nb_params, "cwd": root_work, "output_bytes": limits.output_bytes,
+              "wall_seconds": limits.wall_seconds}
     python = sys.executable
     env = _sandbox_env(f"{root_work}/home", tmp, zoo, str(Path(python).parent))
     if gpu_devices:  # the grader's choice of cards (all of them if it made none)
