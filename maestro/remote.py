@@ -7,8 +7,9 @@
 
 Methods beyond the task's access level raise :class:`~maestro.errors.AccessDenied` before
 anything is sent; the server's 401/403 become ``AccessDenied``, 429 (budget spent)
-``QueryBudgetExceeded`` and 422 ``ValueError``, each with the server's message. Arrays travel as
-base64 ``.npy``. A rate-limited request (429 with Retry-After) is retried a few times.
+``QueryBudgetExceeded`` and 422 ``ValueError``, each with the server's message. Image inputs to
+predict/proba/logits travel as raw ``.npy`` bodies both ways (``application/x-npy``), other arrays
+as base64 ``.npy`` in JSON. A rate-limited request (429 with Retry-After) is retried a few times.
 """
 
 from __future__ import annotations
@@ -33,13 +34,23 @@ class RemoteError(MaestroError):
     """The server failed or could not be reached."""
 
 
-def _npy(arr: np.ndarray) -> dict:
+_NPY = "application/x-npy"
+_RAW_OPS = ("predict", "proba", "logits")  # the server takes raw .npy bodies for these
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return {"npy_b64": base64.b64encode(buf.getvalue()).decode("ascii")}
+    return buf.getvalue()
+
+
+def _npy(arr: np.ndarray) -> dict:
+    return {"npy_b64": base64.b64encode(_npy_bytes(arr)).decode("ascii")}
 
 
 def _from_npy(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
     if isinstance(value, dict):
         return np.load(io.BytesIO(base64.b64decode(value["npy_b64"])), allow_pickle=False)
     return np.asarray(value)
@@ -87,6 +98,11 @@ class RemoteModel:
 
     # -- transport -------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kw) -> dict:
+        return self._send(method, path, **kw).json()
+
+    def _send(self, method: str, path: str, **kw):
+        """The server's answer (an ``httpx.Response`` under 400); errors raised as described
+        in the module's docstring."""
         import httpx
 
         for attempt in range(self.retries + 1):
@@ -102,7 +118,7 @@ class RemoteModel:
                 continue
             break
         if r.status_code < 400:
-            return r.json()
+            return r
         try:
             detail = r.json().get("detail", r.text)
         except ValueError:
@@ -272,10 +288,23 @@ class RemoteModel:
         outs, logits = [], []
         for start in range(0, n, self.batch_size):
             part = x[start:start + self.batch_size]
-            body = {"inputs": self._payload(part), **(extra or {})}
-            if "labels" in body:
-                body["labels"] = body["labels"][start:start + self.batch_size].tolist()
-            ans = self._request("POST", f"/v1/tasks/{self.task}/{op}", params={"format": "npy"}, json=body)
+            path = f"/v1/tasks/{self.task}/{op}"
+            if op in _RAW_OPS and isinstance(part, torch.Tensor):
+                # raw .npy both ways: no base64, no JSON around the array
+                r = self._send("POST", path, content=_npy_bytes(part.detach().cpu().float().numpy()),
+                               headers={"Content-Type": _NPY, "Accept": _NPY})
+                if r.headers.get("content-type", "").startswith(_NPY):
+                    h = r.headers
+                    ans = {"queries": int(h["X-Maestro-Queries"]),
+                           "remaining": int(h["X-Maestro-Remaining"]) if "X-Maestro-Remaining" in h else None,
+                           "outputs": np.load(io.BytesIO(r.content), allow_pickle=False)}
+                else:
+                    ans = r.json()
+            else:
+                body = {"inputs": self._payload(part), **(extra or {})}
+                if "labels" in body:
+                    body["labels"] = body["labels"][start:start + self.batch_size].tolist()
+                ans = self._request("POST", path, params={"format": "npy"}, json=body)
             with self._lock:
                 self._queries += ans["queries"]
                 if gradient:

@@ -318,6 +318,72 @@ def test_npy_and_json_give_identical_answers(server, http, digits):
         np.testing.assert_array_equal(as_npy, want)  # and what the local wrapper says
 
 
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_raw_npy_bodies_both_ways(server, http, digits):
+    h = _auth(server.store.create_token("raw-student"))
+    x = digits[0][:16]
+    local = maestro.models.load("cnn-digits")
+    raw_in = {**h, "Content-Type": "application/x-npy"}
+    for op, want in [("predict", local.predict(x).numpy()), ("proba", local.predict_proba(x).numpy()),
+                     ("logits", local.logits(x).numpy())]:
+        # raw in, JSON out: the same answer as a JSON request
+        as_json = http.post(f"/v1/tasks/digits-scores/{op}", json={"inputs": x.tolist()}, headers=h).json()
+        r = http.post(f"/v1/tasks/digits-scores/{op}", content=_npy_bytes(x), headers=raw_in)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"] == as_json["outputs"] and r.json()["queries"] == 16
+        # raw in, raw out: the array as the body, the counts in headers
+        r = http.post(f"/v1/tasks/digits-scores/{op}", content=_npy_bytes(x),
+                      headers={**raw_in, "Accept": "application/x-npy"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+        np.testing.assert_array_equal(np.load(io.BytesIO(r.content), allow_pickle=False), want)
+        assert r.headers["X-Maestro-Queries"] == "16" and r.headers["X-Maestro-Budget"] == "5000"
+        assert int(r.headers["X-Maestro-Used"]) + int(r.headers["X-Maestro-Remaining"]) == 5000
+    assert http.get("/v1/tasks/digits-scores", headers=h).json()["used"] == 9 * 16  # three requests per op
+    # a raw answer to a JSON request too (one array); the unbudgeted task sends no budget headers
+    r = http.post("/v1/tasks/tweets-labels/predict", json={"inputs": ["so late", "lovely crew"]},
+                  headers={**h, "Accept": "application/x-npy"})
+    assert r.status_code == 200 and "X-Maestro-Budget" not in r.headers and r.headers["X-Maestro-Used"] == "2"
+    assert np.load(io.BytesIO(r.content)).tolist() == maestro.models.load("lstm-tweets").predict(
+        ["so late", "lovely crew"]).tolist()
+    # gradient with its logits holds two arrays: still JSON
+    r = http.post("/v1/tasks/digits-wb/gradient?format=npy", headers={**h, "Accept": "application/x-npy"},
+                  json={"inputs": _npy(x[:2]), "labels": [0, 1], "return_logits": True})
+    assert r.status_code == 200 and set(r.json()) >= {"outputs", "logits"}
+
+
+def test_raw_npy_bodies_refused_with_the_reason(server, http, digits):
+    h = _auth(server.store.create_token("raw-sloppy"))
+    raw_in = {**h, "Content-Type": "application/x-npy"}
+    x = digits[0][:2]
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cases = [
+        ("digits-scores/proba", b"not an npy file", 422, "not a valid .npy array"),
+        ("digits-scores/proba", b"", 422, "not a valid .npy array"),
+        ("digits-scores/proba", pickled.getvalue(), 422, "object arrays"),
+        ("digits-scores/proba", _npy_bytes(x * 255), 422, "divide by 255"),
+        ("digits-scores/proba", _npy_bytes(x[:, :, :4]), 422, "expected shape N×1×8×8"),
+        ("digits-labels/proba", _npy_bytes(x), 403, "needs 'scores' access"),
+        ("digits-wb/gradient", _npy_bytes(x), 415, "gradient takes a JSON body"),
+        ("tweets-labels/predict", _npy_bytes(np.ones((2, 5), np.int64)), 415, "text task"),
+        ("nope/predict", _npy_bytes(x), 404, "unknown task"),
+    ]
+    for path, body, code, reason in cases:
+        r = http.post(f"/v1/tasks/{path}", content=body, headers=raw_in)
+        assert r.status_code == code, (path, reason, r.status_code, r.text)
+        assert reason in r.json()["detail"], (reason, r.json())
+    r = http.post("/v1/tasks/digits-scores/predict", content=_npy_bytes(x), headers={**h, "Content-Type": "text/csv"})
+    assert r.status_code == 415 and "application/x-npy" in r.json()["detail"]
+    r = http.post("/get_batch_output", content=_npy_bytes(x), headers=raw_in)
+    assert r.status_code == 415 and "JSON body" in r.json()["detail"]
+    assert http.get("/v1/tasks/digits-scores", headers=h).json()["used"] == 0  # nothing charged
+
+
 def test_text_endpoints(server, http):
     h = _auth(server.store.create_token("texter"))
     texts = ["the flight was late again", "great crew, thank you!"]

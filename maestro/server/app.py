@@ -36,7 +36,12 @@ With ``[submissions]`` in server.toml (see :mod:`maestro.server.submissions`)::
     GET  /leaderboard/{id}, /leaderboard/{id}.json the live page and its data (no token
                                                    needed with public_leaderboard = true)
 
-Arrays: JSON lists or ``{"npy_b64": ...}`` in requests; ``?format=npy`` for answers.
+Arrays: JSON lists or ``{"npy_b64": ...}`` in requests; ``?format=npy`` for answers. predict,
+proba and logits also take the inputs as the whole body, raw ``.npy`` bytes with ``Content-Type:
+application/x-npy`` (no base64, no JSON: the fastest way for large batches, what
+:mod:`maestro.remote` sends), and with ``Accept: application/x-npy`` any single-array answer comes
+back as raw ``.npy`` with the counts in ``X-Maestro-Queries``, ``X-Maestro-Used``,
+``X-Maestro-Budget`` and ``X-Maestro-Remaining`` headers (the last two only under a budget).
 
 The rate limit is a token bucket per token kept in memory in each server process: with N
 worker processes a token may reach N times the configured rate.
@@ -58,7 +63,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Respo
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
@@ -70,6 +75,8 @@ from .db import Caller, Store
 
 log = logging.getLogger("maestro.server")
 _RANK = {a: i for i, a in enumerate(ACCESS_LEVELS)}
+NPY = arrays.NPY_MEDIA_TYPE
+RAW_BODY_OPS = ("predict", "proba", "logits")  # may take the inputs as a raw .npy body
 _ALLOWS = {
     "labels": ["predict", "tokenize", "detokenize"],
     "scores": ["predict", "proba", "logits", "tokenize", "detokenize"],
@@ -133,6 +140,8 @@ _ERRORS = {
     403: "not allowed: beyond the task's access level, an instructor's operation, or too late",
     404: "unknown task, assignment or submission (another student's is unknown too)",
     413: "request body or batch too large",
+    415: "a request body in a media type the operation does not take (JSON, or application/x-npy "
+         "where the operation says so)",
     422: "invalid request: the reason says which field and why",
     429: "budget, daily uploads or rate limit spent (Retry-After on the rate limit)",
 }
@@ -389,7 +398,9 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
     app.state.grader = grader
     bearer = HTTPBearer(auto_error=False, description="a token from `maestro tokens create`")
 
-    def caller(request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+    async def caller(request: Request,
+                     _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+        # async: FastAPI would run a plain function in its threadpool, a thread hop per request
         who = getattr(request.state, "caller", None)  # set by Authenticate, before the body was read
         if who is None:
             raise HTTPException(401, "missing token: send 'Authorization: Bearer <token>'",
@@ -426,7 +437,7 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         model = task.model
         if model.modality == "image":
             try:
-                arr = arrays.decode(value, "inputs", np.float32)
+                arr = value if isinstance(value, np.ndarray) else arrays.decode(value, "inputs", np.float32)
             except ValueError as err:
                 raise _unprocessable(str(err)) from None
             if arr.ndim == 0:
@@ -440,6 +451,10 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
             except (TypeError, ValueError) as err:
                 raise _unprocessable(str(err)) from None
             return x.float() if x.dtype != torch.float32 else x
+        if isinstance(value, np.ndarray):
+            raise HTTPException(415, f"task {task.cfg.name!r} is a text task: send JSON (texts, or "
+                                "{\"input_ids\": ..., \"attention_mask\": ...}); a raw "
+                                f"{arrays.NPY_MEDIA_TYPE} body carries image inputs only")
         if isinstance(value, list):
             if not value or not all(isinstance(t, str) for t in value):
                 raise _unprocessable("inputs: a text task expects a non-empty list of strings "
@@ -515,22 +530,49 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
             log.exception("model call failed on task %s", task.cfg.name)
             raise
 
-    def answer(who: Caller, task: Served, n: int, out, used: int, fmt: str) -> dict:
+    def answer(who: Caller, task: Served, n: int, out, used: int, fmt: str, raw: bool) -> Response:
         budget = budget_of(who, task)
+        remaining = None if budget is None else max(0, budget - used)
+        if raw and not isinstance(out, tuple):
+            headers = {"X-Maestro-Task": task.cfg.name, "X-Maestro-Queries": str(n), "X-Maestro-Used": str(used)}
+            if budget is not None:
+                headers.update({"X-Maestro-Budget": str(budget), "X-Maestro-Remaining": str(remaining)})
+            return Response(arrays.to_npy_bytes(out.detach().cpu().numpy()), media_type=NPY, headers=headers)
         extra = {}
         if isinstance(out, tuple):
             out, logits_ = out
             extra["logits"] = arrays.encode(logits_.detach().cpu().numpy(), fmt)
-        return {**extra,
+        # a JSONResponse of our own: FastAPI would first walk the whole answer (jsonable_encoder)
+        return JSONResponse({**extra,
             "task": task.cfg.name,
             "outputs": arrays.encode(out.detach().cpu().numpy(), fmt),
             "queries": n,
             "used": used,
             "budget": budget,
-            "remaining": None if budget is None else max(0, budget - used),
-        }
+            "remaining": remaining,
+        })
 
-    def model_call(who: Caller, task: Served, op: str, body, fmt: str) -> dict:
+    def parse_body(media: str, raw: bytes, body_cls: type[BaseModel], op: str):
+        """The request body: JSON validated as ``body_cls``, or (predict, proba, logits) the
+        inputs array as a raw ``.npy`` body."""
+        if media == NPY:
+            if op not in RAW_BODY_OPS:
+                raise HTTPException(415, f"{op} takes a JSON body ({body_cls.__name__}); raw "
+                                    f"{NPY} bodies are for {', '.join(RAW_BODY_OPS)}")
+            try:
+                return body_cls.model_construct(inputs=arrays.from_npy_bytes(raw, "inputs"))
+            except ValueError as err:
+                raise _unprocessable(f"{err}; a {NPY} body is one .npy file") from None
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise HTTPException(415, f"unsupported Content-Type {media!r}: send application/json"
+                                + (f" or {NPY}" if op in RAW_BODY_OPS else ""))
+        try:
+            return body_cls.model_validate_json(raw)
+        except ValidationError as err:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]) from None
+
+    def model_call(who: Caller, task: Served, op: str, body, fmt: str, raw: bool = False) -> Response:
         level = {"predict": "labels", "proba": "scores", "logits": "scores", "gradient": "white-box"}[op]
         require(task, op, level)
         x = parse_inputs(task, body.inputs)
@@ -546,7 +588,38 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
             out, used = run_charged(who, task, n, lambda: m.predict_proba(x))
         else:
             out, used = run_charged(who, task, n, lambda: m.logits(x))
-        return answer(who, task, n, out, used, fmt)
+        return answer(who, task, n, out, used, fmt, raw)
+
+    async def model_route(request: Request, who: Caller, op: str, body_cls: type[BaseModel], fmt: str,
+                          task: str | None = None) -> Response:
+        """Read the body, then parse, check, charge and run it in the threadpool (the model
+        call must not hold up the event loop). ``task`` None: the body names it (the seed's
+        aliases); op ``output``: scores where the task allows them, else labels."""
+        raw = await request.body()
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        raw_answer = NPY in request.headers.get("accept", "")
+
+        def work() -> Response:
+            body = parse_body(media, raw, body_cls, op)
+            t = get_task(task if task is not None else body.task)
+            the_op = op
+            if op == "output":
+                the_op = "proba" if _RANK[t.cfg.access] >= _RANK["scores"] else "predict"
+            return model_call(who, t, the_op, body, fmt, raw_answer)
+
+        return await run_in_threadpool(work)
+
+    def model_doc(body_cls: type[BaseModel], op: str | None) -> dict:
+        """OpenAPI for a model route that reads its body itself: JSON always, raw .npy for
+        ``RAW_BODY_OPS``; answers in JSON or (``Accept: application/x-npy``) raw .npy."""
+        content = {"application/json": {"schema": body_cls.model_json_schema()}}
+        if op in RAW_BODY_OPS:
+            content[NPY] = {"schema": {"type": "string", "format": "binary"}}
+        return {"requestBody": {"required": True, "content": content}}
+
+    ANSWERS = {200: {"description": "JSON; or, with `Accept: application/x-npy`, the outputs as a "
+                     "raw .npy body, the counts in X-Maestro-Queries/-Used/-Budget/-Remaining headers",
+                     "content": {NPY: {"schema": {"type": "string", "format": "binary"}}}}}
 
     # -- routes ---------------------------------------------------------------------------------
     TaskName = Path(..., description="a task name from GET /v1/tasks")
@@ -566,24 +639,28 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         return t.info(store.used(who.token_id, task), budget_of(who, t))
 
     @app.post("/v1/tasks/{task}/predict", tags=["model"], summary="predicted labels (any access)",
-               responses=_errors(400, 403, 404, 413))
-    def predict(who: Who, body: ModelRequest, task: str = TaskName, format: Fmt = FormatQ):
-        return model_call(who, get_task(task), "predict", body, format)
+               responses={**_errors(400, 403, 404, 413, 415), **ANSWERS},
+               openapi_extra=model_doc(ModelRequest, "predict"))
+    async def predict(request: Request, who: Who, task: str = TaskName, format: Fmt = FormatQ):
+        return await model_route(request, who, "predict", ModelRequest, format, task)
 
     @app.post("/v1/tasks/{task}/proba", tags=["model"], summary="class probabilities (scores access)",
-               responses=_errors(400, 403, 404, 413))
-    def proba(who: Who, body: ModelRequest, task: str = TaskName, format: Fmt = FormatQ):
-        return model_call(who, get_task(task), "proba", body, format)
+               responses={**_errors(400, 403, 404, 413, 415), **ANSWERS},
+               openapi_extra=model_doc(ModelRequest, "proba"))
+    async def proba(request: Request, who: Who, task: str = TaskName, format: Fmt = FormatQ):
+        return await model_route(request, who, "proba", ModelRequest, format, task)
 
     @app.post("/v1/tasks/{task}/logits", tags=["model"], summary="raw class scores (scores access)",
-               responses=_errors(400, 403, 404, 413))
-    def logits(who: Who, body: ModelRequest, task: str = TaskName, format: Fmt = FormatQ):
-        return model_call(who, get_task(task), "logits", body, format)
+               responses={**_errors(400, 403, 404, 413, 415), **ANSWERS},
+               openapi_extra=model_doc(ModelRequest, "logits"))
+    async def logits(request: Request, who: Who, task: str = TaskName, format: Fmt = FormatQ):
+        return await model_route(request, who, "logits", ModelRequest, format, task)
 
     @app.post("/v1/tasks/{task}/gradient", tags=["model"], summary="input gradient of the loss (white-box)",
-               responses=_errors(400, 403, 404, 413))
-    def gradient(who: Who, body: GradientRequest, task: str = TaskName, format: Fmt = FormatQ):
-        return model_call(who, get_task(task), "gradient", body, format)
+               responses={**_errors(400, 403, 404, 413, 415), **ANSWERS},
+               openapi_extra=model_doc(GradientRequest, "gradient"))
+    async def gradient(request: Request, who: Who, task: str = TaskName, format: Fmt = FormatQ):
+        return await model_route(request, who, "gradient", GradientRequest, format, task)
 
     @app.post("/v1/tasks/{task}/tokenize", tags=["text"], summary="token ids and mask (text tasks)",
                responses=_errors(400, 403, 404, 413))
@@ -651,16 +728,16 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
 
     # aliases for the original seed's names (task in the body)
     @app.post("/get_batch_output", tags=["aliases"], summary="alias: scores where allowed, else labels",
-              responses=_errors(400, 403, 404, 413))
-    def get_batch_output(who: Who, body: AliasOutputRequest, format: Fmt = FormatQ):
-        t = get_task(body.task)
-        op = "proba" if _RANK[t.cfg.access] >= _RANK["scores"] else "predict"
-        return model_call(who, t, op, body, format)
+              responses={**_errors(400, 403, 404, 413, 415), **ANSWERS},
+              openapi_extra=model_doc(AliasOutputRequest, None))
+    async def get_batch_output(request: Request, who: Who, format: Fmt = FormatQ):
+        return await model_route(request, who, "output", AliasOutputRequest, format)
 
     @app.post("/get_batch_input_gradient", tags=["aliases"], summary="alias of /v1/tasks/{task}/gradient",
-              responses=_errors(400, 403, 404, 413))
-    def get_batch_input_gradient(who: Who, body: AliasGradientRequest, format: Fmt = FormatQ):
-        return model_call(who, get_task(body.task), "gradient", body, format)
+              responses={**_errors(400, 403, 404, 413, 415), **ANSWERS},
+              openapi_extra=model_doc(AliasGradientRequest, None))
+    async def get_batch_input_gradient(request: Request, who: Who, format: Fmt = FormatQ):
+        return await model_route(request, who, "gradient", AliasGradientRequest, format)
 
     if subcfg is not None:
         _submission_routes(app, Who, store, subcfg, assignments, subs, grader, boards)

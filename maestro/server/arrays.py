@@ -1,4 +1,5 @@
-"""Arrays on the wire: JSON lists or base64-encoded ``.npy`` (``{"npy_b64": ...}``).
+"""Arrays on the wire: JSON lists, base64-encoded ``.npy`` (``{"npy_b64": ...}``), or a whole
+request/answer body of raw ``.npy`` bytes (``Content-Type: application/x-npy``).
 
 ``.npy`` payloads are read with ``np.load(allow_pickle=False)``: object arrays are refused.
 """
@@ -14,6 +15,9 @@ import numpy as np
 _NUMERIC = "biuf"
 
 
+NPY_MEDIA_TYPE = "application/x-npy"
+
+
 def from_npy_b64(data: str, what: str = "inputs") -> np.ndarray:
     if not isinstance(data, str):
         raise ValueError(f"{what}: npy_b64 must be a base64 string")
@@ -21,6 +25,15 @@ def from_npy_b64(data: str, what: str = "inputs") -> np.ndarray:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{what}: npy_b64 is not valid base64") from None
+    return from_npy_bytes(raw, what)
+
+
+def from_npy_bytes(raw: bytes, what: str = "inputs") -> np.ndarray:
+    """The numeric array in the bytes of one ``.npy`` file (no pickle, native byte order)."""
+    if not raw.startswith(b"\x93NUMPY"):
+        kind = "empty" if not raw else ("a .npz archive" if raw.startswith(b"PK") else "something else")
+        raise ValueError(f"{what}: not a valid .npy array: got {kind}, not the bytes np.save writes "
+                         "(they start with \\x93NUMPY)")
     try:
         arr = np.load(io.BytesIO(raw), allow_pickle=False)
     except ValueError as err:
@@ -38,10 +51,14 @@ def from_npy_b64(data: str, what: str = "inputs") -> np.ndarray:
     return arr
 
 
-def to_npy_b64(arr: np.ndarray) -> str:
+def to_npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def to_npy_b64(arr: np.ndarray) -> str:
+    return base64.b64encode(to_npy_bytes(arr)).decode("ascii")
 
 
 def from_json_list(value, what: str, dtype) -> np.ndarray:
