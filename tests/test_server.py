@@ -336,6 +336,9 @@ def test_raw_npy_bodies_both_ways(server, http, digits):
         r = http.post(f"/v1/tasks/digits-scores/{op}", content=_npy_bytes(x), headers=raw_in)
         assert r.status_code == 200, r.text
         assert r.json()["outputs"] == as_json["outputs"] and r.json()["queries"] == 16
+        # with a query string the request takes FastAPI's route, not the server's fast path: same
+        r = http.post(f"/v1/tasks/digits-scores/{op}?format=npy", content=_npy_bytes(x), headers=raw_in)
+        assert r.status_code == 200 and np.array_equal(_from_npy(r.json()["outputs"]), want)
         # raw in, raw out: the array as the body, the counts in headers
         r = http.post(f"/v1/tasks/digits-scores/{op}", content=_npy_bytes(x),
                       headers={**raw_in, "Accept": "application/x-npy"})
@@ -343,7 +346,7 @@ def test_raw_npy_bodies_both_ways(server, http, digits):
         np.testing.assert_array_equal(np.load(io.BytesIO(r.content), allow_pickle=False), want)
         assert r.headers["X-Maestro-Queries"] == "16" and r.headers["X-Maestro-Budget"] == "5000"
         assert int(r.headers["X-Maestro-Used"]) + int(r.headers["X-Maestro-Remaining"]) == 5000
-    assert http.get("/v1/tasks/digits-scores", headers=h).json()["used"] == 9 * 16  # three requests per op
+    assert http.get("/v1/tasks/digits-scores", headers=h).json()["used"] == 12 * 16  # four requests per op
     # a raw answer to a JSON request too (one array); the unbudgeted task sends no budget headers
     r = http.post("/v1/tasks/tweets-labels/predict", json={"inputs": ["so late", "lovely crew"]},
                   headers={**h, "Accept": "application/x-npy"})
@@ -354,6 +357,30 @@ def test_raw_npy_bodies_both_ways(server, http, digits):
     r = http.post("/v1/tasks/digits-wb/gradient?format=npy", headers={**h, "Accept": "application/x-npy"},
                   json={"inputs": _npy(x[:2]), "labels": [0, 1], "return_logits": True})
     assert r.status_code == 200 and set(r.json()) >= {"outputs", "logits"}
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(64 * 784, dtype=np.float32).reshape(64, 1, 28, 28), np.arange(5), np.zeros((0, 3)),
+    np.float32(3.0), np.arange(6, dtype=">f4").reshape(2, 3), np.array([True, False]),
+    np.arange(4, dtype=np.uint8).reshape(2, 2), np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.arange(3, dtype=np.float16)], ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_npy_bytes_read_back_exactly_writable_and_native(arr):
+    from maestro.server.arrays import from_npy_bytes
+
+    got = from_npy_bytes(_npy_bytes(arr))
+    assert got.shape == arr.shape and got.dtype == arr.dtype.newbyteorder("=")
+    assert got.dtype.isnative and got.flags.writeable
+    np.testing.assert_array_equal(got, arr)
+
+
+def test_npy_bytes_refused_when_truncated_padded_or_not_numeric():
+    from maestro.server.arrays import from_npy_bytes
+
+    raw = _npy_bytes(np.arange(10, dtype=np.float32))
+    for bad, reason in [(raw[:-4], "not a valid .npy array"), (raw + b"\0" * 4, "not a valid .npy array"),
+                        (_npy_bytes(np.array(["a"])), "numeric"), (_npy_bytes(np.zeros(1, np.complex64)), "numeric")]:
+        with pytest.raises(ValueError, match=reason):
+            from_npy_bytes(bad)
 
 
 def test_raw_npy_bodies_refused_with_the_reason(server, http, digits):

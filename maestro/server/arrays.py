@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
+import re
 
 import numpy as np
 
@@ -34,6 +36,9 @@ def from_npy_bytes(raw: bytes, what: str = "inputs") -> np.ndarray:
         kind = "empty" if not raw else ("a .npz archive" if raw.startswith(b"PK") else "something else")
         raise ValueError(f"{what}: not a valid .npy array: got {kind}, not the bytes np.save writes "
                          "(they start with \\x93NUMPY)")
+    arr = _plain_npy(raw, what)
+    if arr is not None:
+        return arr
     try:
         arr = np.load(io.BytesIO(raw), allow_pickle=False)
     except ValueError as err:
@@ -49,6 +54,35 @@ def from_npy_bytes(raw: bytes, what: str = "inputs") -> np.ndarray:
     if not arr.dtype.isnative:  # big-endian payloads: torch only takes native byte order
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+# the header np.save writes for a C-ordered numeric array, e.g.
+# {'descr': '<f4', 'fortran_order': False, 'shape': (64, 1, 28, 28), }
+_PLAIN_HEADER = re.compile(rb"\{'descr': '([<>|=][biuf][1-8])', 'fortran_order': False, "
+                           rb"'shape': \(((?:\d+, )*\d+,?|)\), \} *\n")
+
+
+def _plain_npy(raw: bytes, what: str) -> np.ndarray | None:
+    """The array of a ``.npy`` file with np.save's usual header, read without np.load's
+    ``ast.literal_eval`` of the header; None for any other header (np.load then reads it, or
+    says what is wrong). Data bytes that do not match the header's shape are refused."""
+    if raw[6:8] == b"\x01\x00":
+        start, size = 10, int.from_bytes(raw[8:10], "little")
+    elif raw[6:8] in (b"\x02\x00", b"\x03\x00"):
+        start, size = 12, int.from_bytes(raw[8:12], "little")
+    else:
+        return None
+    m = _PLAIN_HEADER.fullmatch(raw, start, start + size)
+    if m is None:
+        return None
+    dtype = np.dtype(m.group(1).decode())
+    shape = tuple(int(d) for d in m.group(2).split(b",") if d.strip())
+    count = math.prod(shape)
+    if len(raw) - (start + size) != count * dtype.itemsize:
+        raise ValueError(f"{what}: not a valid .npy array: the header says shape {shape} of {dtype} "
+                         f"({count * dtype.itemsize} bytes) but {len(raw) - start - size} bytes follow it")
+    arr = np.frombuffer(raw, dtype, count, start + size).reshape(shape)
+    return arr.astype(dtype.newbyteorder("="))  # a writable copy, in native byte order
 
 
 def to_npy_bytes(arr: np.ndarray) -> bytes:

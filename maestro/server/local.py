@@ -55,12 +55,13 @@ def _check_uds_path(uds: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def background_server(app, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
-                      *, uds: str | os.PathLike | None = None):
+                      *, uds: str | os.PathLike | None = None, keep_alive: float = 5.0):
     """Serve ``app`` with uvicorn in a daemon thread; yields its base URL, stops on exit.
 
     ``uds``: listen on this UNIX socket path instead of a loopback port (``host``/``port`` are
     then ignored) and yield ``unix://<path>``; the socket file is removed on exit. Put it in a
-    folder only you can enter: uvicorn makes the socket itself world-writable.
+    folder only you can enter: uvicorn makes the socket itself world-writable. ``keep_alive``:
+    seconds an idle connection stays open (uvicorn's ``timeout_keep_alive``).
     """
     import uvicorn
 
@@ -68,13 +69,15 @@ def background_server(app, host: str = "127.0.0.1", port: int | None = None, tim
         path = _check_uds_path(uds)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket of an earlier run (checked above: a socket)
-        config = uvicorn.Config(app, uds=str(path), log_level="warning", access_log=False)
+        config = uvicorn.Config(app, uds=str(path), log_level="warning", access_log=False,
+                                timeout_keep_alive=keep_alive)
         where, url = str(path), f"unix://{path}"
     else:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("background_server listens on loopback addresses only")
         port = port or free_port(host)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_keep_alive=keep_alive)
         where, url = f"{host}:{port}", f"http://{host}:{port}"
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"maestro-server-{where}", daemon=True)
