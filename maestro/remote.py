@@ -56,23 +56,18 @@ def _from_npy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-_UDS_HOST = "http://maestro.invalid"  # the Host header of requests over a UNIX socket
-
-
-def _endpoint(url):
-    """``(httpx base URL, transport or None)`` for ``http(s)://host:port[/prefix]`` or
+def _endpoint(url) -> str:
+    """The server's URL, checked: ``http(s)://host:port[/prefix]`` or
     ``unix:///absolute/path/to/server.sock`` (a UNIX socket: how a sandbox without network
     reaches an oracle whose socket file is bound into it)."""
-    import httpx
-
     if isinstance(url, str) and url.startswith(("http://", "https://")):
-        return url.rstrip("/"), None
+        return url.rstrip("/")
     if isinstance(url, str) and url.startswith("unix://"):
         path = url[len("unix://"):]
         if not path.startswith("/") or path.endswith("/") or "?" in path or "#" in path:
             raise ValueError(f"a UNIX socket URL is unix:// + an absolute socket path, e.g. "
                              f"unix:///run/maestro/oracle.sock; got {url!r}")
-        return _UDS_HOST, httpx.HTTPTransport(uds=path)
+        return url
     raise ValueError(f"url must start with http://, https:// or unix:// (a socket path), got {url!r}")
 
 
@@ -80,16 +75,13 @@ class RemoteModel:
     """One task of a Maestro server, seen as a model wrapper (see :func:`connect`)."""
 
     def __init__(self, url: str, token: str, task: str, *, timeout: float = 60.0, retries: int = 5) -> None:
-        import httpx
+        from ._http import HTTPClient
 
-        base, transport = _endpoint(url)
-        self.url = url.rstrip("/") if transport is None else url
+        self.url = _endpoint(url)
         self.task = task
         self.retries = int(retries)
-        self._http = httpx.Client(
-            base_url=base, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            headers={"Authorization": f"Bearer {token}"}, transport=transport,
-        )
+        self._http = HTTPClient(self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
+                                connect_timeout=10.0)
         self._lock = threading.Lock()
         self._queries = 0
         self._gradient_queries = 0
@@ -101,16 +93,16 @@ class RemoteModel:
         return self._send(method, path, **kw).json()
 
     def _send(self, method: str, path: str, **kw):
-        """The server's answer (an ``httpx.Response`` under 400); errors raised as described
-        in the module's docstring."""
-        import httpx
+        """The server's answer (status under 400); errors raised as described in the module's
+        docstring."""
+        from ._http import ConnectError, HTTPError
 
         for attempt in range(self.retries + 1):
             try:
                 r = self._http.request(method, path, **kw)
-            except httpx.HTTPError as err:
+            except HTTPError as err:
                 hint = ""
-                if self.url.startswith("unix://") and isinstance(err, httpx.ConnectError):
+                if self.url.startswith("unix://") and isinstance(err, ConnectError):
                     hint = " (is the server running, and is its socket bound where you are?)"
                 raise RemoteError(f"cannot reach the Maestro server at {self.url}: {err}{hint}") from None
             if r.status_code == 429 and "Retry-After" in r.headers and attempt < self.retries:

@@ -215,3 +215,110 @@ def test_white_box_text_attacks_run_remotely(server, token):
         assert m.queries > 0
     assert remote.x_adv == local.x_adv and torch.equal(remote.success, local.success)
     assert local.success.any()
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_and_nothing_is_charged_twice(tmp_path, digits):
+    from maestro.server import ServerConfig, create_app
+    from maestro.server.local import background_server
+
+    (tmp_path / "server.toml").write_text(CONFIG)
+    app = create_app(ServerConfig.load(tmp_path))
+    token = app.state.store.create_token("idle-student")
+    try:
+        with background_server(app, keep_alive=0.2) as url:
+            oracle = connect(url, token, "scores")
+            x = digits[0][:8]
+            first = oracle.predict(x)
+            import time
+
+            for _ in range(3):  # each time the server has closed the kept-alive connection
+                time.sleep(0.5)
+                assert torch.equal(oracle.predict(x), first)
+            assert oracle.queries == 32 and app.state.store.used(app.state.store.authenticate(token).token_id, "scores") == 32
+            oracle.close()
+    finally:
+        app.state.store.close()
+
+
+def test_a_request_on_a_connection_closed_under_it_is_sent_once_more():
+    """A kept-alive connection the server drops as the next request arrives, without running
+    it (a stdlib server answering one request per connection): sent again on a fresh one."""
+    import http.server
+    import threading
+
+    from maestro._http import HTTPClient, HTTPError
+
+    answered, dropped = [], []
+
+    class OnePerConnection(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def handle_one_request(self):
+            if getattr(self, "served", False):  # the connection's second request: drop it
+                dropped.append(self.rfile.peek(1)[:1])
+                self.close_connection = True
+                return
+            self.served = True
+            super().handle_one_request()
+
+        def do_POST(self):
+            answered.append(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OnePerConnection)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = HTTPClient(f"http://127.0.0.1:{httpd.server_address[1]}", timeout=5)
+        for i in range(4):
+            assert client.request("POST", "/x", json={"i": i}).json() == {"ok": True}
+        assert answered == [f'{{"i": {i}}}'.encode() for i in range(4)]  # each ran exactly once
+        assert len(dropped) == 3  # requests 2-4 each met a connection that went away first
+        client.close()
+        # a fresh connection that fails is not sent again
+        httpd.shutdown()
+        httpd.server_close()
+        with pytest.raises(HTTPError):
+            HTTPClient(f"http://127.0.0.1:{httpd.server_address[1]}", timeout=5).request("POST", "/x", json={})
+    finally:
+        httpd.shutdown()
+
+
+def test_a_server_that_never_answers_times_out_with_a_clear_error():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        with pytest.raises(maestro.remote.RemoteError, match="no answer within 0.5 s"):
+            RemoteModel(f"http://127.0.0.1:{listener.getsockname()[1]}", "token", "scores", timeout=0.5)
+    finally:
+        listener.close()
+
+
+def test_nothing_listening_is_a_clear_error(tmp_path):
+    with pytest.raises(maestro.remote.RemoteError, match="cannot reach the Maestro server"):
+        RemoteModel(f"unix://{tmp_path}/nobody.sock", "token", "scores")
+
+
+def test_threads_share_one_remote_model(server, token, local, digits):
+    from concurrent.futures import ThreadPoolExecutor
+
+    oracle = connect(server[0], token, "scores")
+    x = digits[0]
+    want = local.predict(x)
+    before = oracle.queries
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: oracle.predict(x[i::4]), range(4)))
+    for i, out in enumerate(outs):
+        assert torch.equal(out, want[i::4])
+    assert oracle.queries - before == len(x)
+    oracle.close()
