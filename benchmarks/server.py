@@ -5,17 +5,21 @@
 A real uvicorn on 127.0.0.1 (``maestro.server.local.background_server``, SQLite in a temporary
 course directory, a student token, rate limit off, no budget) serves ``predict`` for zoo models.
 The load comes from SEPARATE processes (``multiprocessing``, spawn): ``--clients`` workers, each
-a closed loop of httpx requests over one keep-alive connection, each stopping by itself after a
-bounded number of requests or a bounded time. Request bodies are serialized once up front, so
-the client's own cost is small; latency is the wall time of one request as the client sees it.
+a closed loop of requests over one keep-alive connection (the standard library's http.client, or
+httpx with ``--client httpx``), each stopping by itself after a bounded number of requests or a
+bounded time. Request bodies are serialized once up front, so the client's own cost is small;
+latency is the wall time of one request as the client sees it.
 
-For batch 1 and batch 64, JSON lists and base64 ``.npy`` (``{"npy_b64": ...}`` in and
-``?format=npy`` out) side by side: requests per second, inputs per second, p50 and p99
-latency. Then, at batch 64, the in-process ``ModelWrapper.predict`` throughput on the same
-inputs (same process as the server, same torch threads, measured while the server is idle right
-before and right after each HTTP run, the mean of the two medians, so slow drifts in the
-machine's load hit both sides alike) and the ratio in-process ÷ HTTP inputs per second (target ≤ 1.5: HTTP costs
-at most half as much again as calling the model in-process).
+For batch 1 and batch 64, JSON lists, base64 ``.npy`` (``{"npy_b64": ...}`` in and
+``?format=npy`` out) and raw ``.npy`` bodies (``application/x-npy`` both ways) side by side:
+requests per second, inputs per second, p50 and p99 latency. Then, at batch 64, the in-process
+``ModelWrapper.predict`` throughput on the same inputs (same process as the server, same torch
+threads, measured while the server is idle right before and right after each HTTP run, the mean
+of the two medians, so slow drifts in the machine's load hit both sides alike) and the ratio
+in-process ÷ HTTP inputs per second (target ≤ 1.5: HTTP costs at most half as much again as
+calling the model in-process). Last, per model, one process calling
+``maestro.remote.connect(...).predict(x)`` on the batch of 64 in a closed loop: what a student's
+notebook sees, the client's own checks and serialization included.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ from pathlib import Path
 import numpy as np
 
 DATASET = {"cnn-digits": "digits", "lenet-mnist": "mnist"}
+NPY = "application/x-npy"
+ENCODINGS = ("json", "npy", "raw")
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
 
 
 def _npy(arr: np.ndarray) -> str:
@@ -42,32 +54,69 @@ def _npy(arr: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _worker(url: str, path: str, body: bytes, token: str, max_requests: int, max_seconds: float,
-            out) -> None:
-    """One client process: a closed loop of POSTs; sends back the latencies (seconds)."""
+def _headers(token: str, enc: str) -> dict:
+    if enc == "raw":
+        return {"Authorization": f"Bearer {token}", "Content-Type": NPY, "Accept": NPY}
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def _stdlib_client(url: str):
+    """A keep-alive connection with the standard library's http.client, as a ``post(path,
+    content, headers) -> (status, body)`` function."""
+    import http.client
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(path, content, headers):
+        conn.request("POST", path, body=content, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.read()
+
+    return post
+
+
+def _httpx_client(url: str):
     import httpx
 
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    http = httpx.Client(base_url=url, timeout=60)
+
+    def post(path, content, headers):
+        r = http.post(path, content=content, headers=headers)
+        return r.status_code, r.content
+
+    return post
+
+
+def _worker(url: str, path: str, body: bytes, headers: dict, max_requests: int, max_seconds: float,
+            client: str, out) -> None:
+    """One client process: a closed loop of POSTs; sends back the latencies (seconds)."""
+    post = (_httpx_client if client == "httpx" else _stdlib_client)(url)
+
     lat, errors = [], []
-    with httpx.Client(base_url=url, timeout=60) as http:
-        http.post(path, content=body, headers=headers).raise_for_status()  # warm the connection
-        out.put(("ready", None))
-        start = time.perf_counter()
-        while len(lat) + len(errors) < max_requests and time.perf_counter() - start < max_seconds:
-            t0 = time.perf_counter()
-            r = http.post(path, content=body, headers=headers)
-            t1 = time.perf_counter()
-            if r.status_code == 200:
-                lat.append(t1 - t0)
-            else:
-                errors.append(f"{r.status_code} {r.text[:200]}")
-        out.put(("done", (lat, errors, time.perf_counter() - start)))
+    status, answer = post(path, body, headers)  # warm the connection
+    assert status == 200, answer[:200]
+    out.put(("ready", None))
+    start = time.perf_counter()
+    while len(lat) + len(errors) < max_requests and time.perf_counter() - start < max_seconds:
+        t0 = time.perf_counter()
+        status, answer = post(path, body, headers)
+        t1 = time.perf_counter()
+        if status == 200:
+            lat.append(t1 - t0)
+        else:
+            errors.append(f"{status} {answer[:200]!r}")
+    out.put(("done", (lat, errors, time.perf_counter() - start)))
 
 
-def _load(url, path, body, token, clients, max_requests, max_seconds) -> dict:
+def _load(url, path, body, headers, clients, max_requests, max_seconds, client) -> dict:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, path, body, token, max_requests, max_seconds, out))
+    procs = [ctx.Process(target=_worker, args=(url, path, body, headers, max_requests, max_seconds, client, out))
              for _ in range(clients)]
     for p in procs:
         p.start()
@@ -82,6 +131,41 @@ def _load(url, path, body, token, clients, max_requests, max_seconds) -> dict:
     errors = [e for r in results for e in r[1]]
     wall = max(r[2] for r in results)  # the workers start together after their warm-up
     return {"requests": len(lat), "errors": len(errors), "error_answers": sorted(set(errors)), "rps": len(lat) / wall,
+            "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p99_ms": 1e3 * float(np.percentile(lat, 99))}
+
+
+def _remote_worker(url: str, token: str, task: str, x: np.ndarray, max_requests: int, max_seconds: float,
+                   out) -> None:
+    """``maestro.remote.connect(...).predict(x)`` in a closed loop (client checks included)."""
+    import torch
+
+    import maestro
+
+    torch.set_num_threads(1)
+    oracle = maestro.remote.connect(url, token, task)
+    xt = torch.from_numpy(x)
+    oracle.predict(xt)
+    out.put(("ready", None))
+    lat, start = [], time.perf_counter()
+    while len(lat) < max_requests and time.perf_counter() - start < max_seconds:
+        t0 = time.perf_counter()
+        oracle.predict(xt)
+        lat.append(time.perf_counter() - t0)
+    out.put(("done", (lat, [], time.perf_counter() - start)))
+
+
+def _remote_load(url, token, task, x, max_requests, max_seconds) -> dict:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_remote_worker, args=(url, token, task, x, max_requests, max_seconds, out))
+    proc.start()
+    while True:
+        kind, value = out.get(timeout=max_seconds + 120)
+        if kind == "done":
+            break
+    proc.join(30)
+    lat = np.array(value[0])
+    return {"requests": len(lat), "errors": 0, "error_answers": [], "rps": len(lat) / value[2],
             "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p99_ms": 1e3 * float(np.percentile(lat, 99))}
 
 
@@ -108,6 +192,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--clients", type=int, default=2, help="load-generating processes")
     ap.add_argument("--requests", type=int, default=None, help="requests per client and setting")
     ap.add_argument("--seconds", type=float, default=None, help="time limit per client and setting")
+    ap.add_argument("--encodings", nargs="+", default=list(ENCODINGS), choices=ENCODINGS,
+                    help="json: nested lists; npy: {\"npy_b64\": ...} in JSON; raw: application/x-npy both ways")
+    ap.add_argument("--client", choices=("http.client", "httpx"), default="http.client",
+                    help="the load generator's HTTP library (httpx: what maestro.remote uses)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (0: torch's default)")
     args = ap.parse_args(argv)
     models = args.models or (["cnn-digits"] if args.quick else ["cnn-digits", "lenet-mnist"])
@@ -138,22 +226,28 @@ def main(argv=None) -> list[dict]:
                 for batch in (1, 64):
                     x = x64[:batch].numpy()
                     want = served.predict(x64[:batch]).tolist()
-                    for enc in ("json", "npy"):
-                        inputs = x.tolist() if enc == "json" else {"npy_b64": _npy(x)}
-                        body = json.dumps({"inputs": inputs}).encode()
+                    for enc in args.encodings:
+                        if enc == "raw":
+                            body = _npy_bytes(x)
+                        else:
+                            inputs = x.tolist() if enc == "json" else {"npy_b64": _npy(x)}
+                            body = json.dumps({"inputs": inputs}).encode()
                         path = f"/v1/tasks/{name}/predict" + ("?format=npy" if enc == "npy" else "")
+                        headers = _headers(token, enc)
                         # the answer over HTTP is the in-process answer
                         import httpx
 
-                        r = httpx.post(url + path, content=body, timeout=60, headers={
-                            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                        r = httpx.post(url + path, content=body, timeout=60, headers=headers)
                         r.raise_for_status()
-                        got = r.json()["outputs"]
+                        if enc == "raw":
+                            got = np.load(io.BytesIO(r.content), allow_pickle=False).tolist()
+                        else:
+                            got = r.json()["outputs"]
                         if enc == "npy":
                             got = np.load(io.BytesIO(base64.b64decode(got["npy_b64"])), allow_pickle=False).tolist()
                         assert got == want, (name, batch, enc)
                         before = _in_process(served, x64, **timing) if batch == 64 else None
-                        res = _load(url, path, body, token, args.clients, max_requests, max_seconds)
+                        res = _load(url, path, body, headers, args.clients, max_requests, max_seconds, args.client)
                         direct = (before + _in_process(served, x64, **timing)) / 2 if batch == 64 else None
                         row = {"model": name, "batch": batch, "encoding": enc, "body_kb": len(body) / 1024, **res,
                                "inputs_per_s": res["rps"] * batch}
@@ -162,10 +256,19 @@ def main(argv=None) -> list[dict]:
                             row["ratio"] = direct / row["inputs_per_s"]
                         rows.append(row)
                         print(_fmt(row), flush=True)
+                if "raw" in args.encodings:  # what a student's notebook sees: maestro.remote, one caller
+                    before = _in_process(served, x64, **timing)
+                    res = _remote_load(url, token, name, x64.numpy(), max_requests, max_seconds)
+                    direct = (before + _in_process(served, x64, **timing)) / 2
+                    row = {"model": name, "batch": 64, "encoding": "maestro.remote", "body_kb": rows[-1]["body_kb"],
+                           **res, "inputs_per_s": res["rps"] * 64, "in_process_inputs_per_s": direct}
+                    row["ratio"] = direct / row["inputs_per_s"]
+                    rows.append(row)
+                    print(_fmt(row), flush=True)
         app.state.store.close()
     load = os.getloadavg()
     print(f"\ntorch {torch.__version__}, torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, "
-          f"{args.clients} client process(es), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"{args.clients} client process(es) on {args.client}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("\n" + _table(rows))
     return rows
 
