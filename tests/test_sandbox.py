@@ -402,3 +402,64 @@ def test_gpu_needs_a_gpu_and_says_so(tmp_path):
     nbformat.write(nb, path)
     with pytest.raises(RuntimeError, match="no NVIDIA device nodes.*gpu = false"):
         run_notebook(path, workdir=tmp_path / "w", gpu=True)
+
+
+# ------------------------------------------------------------------- an unprivileged grader
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _nobody_can_run_the_tests() -> str:
+    """'' when this (root) process can rerun tests as uid 65534, else why not."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        return "the tests already run unprivileged"
+    if shutil.which("setpriv") is None:
+        return "no setpriv (util-linux) to drop privileges with"
+    import json as json_module  # its file says where the standard library came from
+
+    code = ("import json, os, sys, autograder, pytest; open(os.path.realpath(sys.executable), 'rb').close(); "
+            "print(json.__file__)")
+    probe = subprocess.run([*NOBODY, sys.executable, "-c", code], capture_output=True, check=False,
+                           cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HOME": "/tmp"})
+    if probe.returncode != 0 or probe.stdout.decode().strip() != json_module.__file__:
+        return ("uid 65534 cannot run this interpreter with its own standard library, or read the "
+                "checkout (e.g. under a private /root): "
+                f"{(probe.stderr or probe.stdout).decode(errors='replace').strip()[-200:]}")
+    return ""
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_an_unprivileged_grader_gets_the_same_sandbox():
+    """As root the process limit is a pids cgroup and bwrap maps the sandbox user to root
+    outside; an ordinary grader gets RLIMIT_NPROC and a user namespace. Rerun the checks that
+    differ as uid 65534 (nobody)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    why = _nobody_can_run_the_tests()
+    if why:
+        pytest.skip(why)
+    scratch = tempfile.mkdtemp(prefix="maestro-nobody-")
+    os.chmod(scratch, 0o1777)
+    try:
+        env = {**os.environ, "HOME": scratch, "TMPDIR": scratch, "MAESTRO_HOME": f"{scratch}/home",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("PYTEST_XDIST_WORKER", None)
+        picks = ("good_notebook or fork_bomb or infinite_loop or sees_nothing or memory_exhaustion "
+                 "or fallback_enforces")
+        out = subprocess.run(
+            [*NOBODY, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+             f"--basetemp={scratch}/pytest", __file__, "-k", picks],
+            capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=600,
+            check=False)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+        assert "6 passed" in out.stdout, out.stdout[-2000:]
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
