@@ -332,14 +332,7 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
             if shares[label] <= 0:
                 continue
             mask = rows[label]
-            broken = []
-            for v in found:
-                if not v.indices:
-                    continue
-                bad = [i for i in v.indices if mask[i]]
-                if bad:
-                    shown = ", ".join(map(str, bad[:10])) + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else "")
-                    broken.append(f"{v.rule}: rows {shown} of {spec.file} ({_rule_text(v.rule, threat)})")
+            broken = [t for v in found if (t := broken_rows(v, mask, spec.file, threat))]
             if whole or broken:
                 why = "; ".join([str(v) for v in whole] + broken)
                 norm_rows = [i for v in found if v.rule == "norm" for i in v.indices]
@@ -371,13 +364,20 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
                        passed=score >= config.pass_score, problems=problems)
 
 
-def _rule_text(rule: str, threat) -> str:
+def broken_rows(violation, rows: np.ndarray, file: str, threat) -> str:
+    """What ``violation`` (of ``threat.violations``) breaks among the ``rows`` (a mask) of an
+    artifact, in words ("norm: rows 3, 17 of x_adv.npy (linf distance > eps 0.1)"); '' if none."""
+    bad = [i for i in violation.indices if rows[i]]
+    if not bad:
+        return ""
+    shown = ", ".join(map(str, bad[:10])) + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else "")
     lo, hi = threat.bounds
-    return {
+    rule = {
         "finite": "NaN or infinite values",
         "bounds": f"pixels outside [{lo:g}, {hi:g}]",
         "norm": f"{threat.norm} distance > eps {threat.eps:g}",
-    }.get(rule, rule)
+    }.get(violation.rule, violation.rule)
+    return f"{violation.rule}: rows {shown} of {file} ({rule})"
 
 
 # -- defense: model weights ---------------------------------------------------------------
@@ -488,7 +488,7 @@ def load_weights(path, *, arch: str, config: dict, dtype: str = "float32", label
     return module.eval()
 
 
-def _suite_metrics(report, x, rows: np.ndarray) -> dict:
+def suite_metrics(report, x, rows: np.ndarray) -> dict:
     """Aggregate metrics of the suite's report on the rows ``rows`` (numbers only)."""
     mask = torch.from_numpy(rows)
     n = int(mask.sum())
@@ -514,7 +514,7 @@ def _suite_metrics(report, x, rows: np.ndarray) -> dict:
     }
 
 
-def _suite_part(report, rows: np.ndarray, label: str, visibility: str) -> Part:
+def suite_part(report, rows: np.ndarray, label: str, visibility: str) -> Part:
     """A 0-point line for the feedback: the part's accuracy after each attack of the suite."""
     mask = torch.from_numpy(rows)
     n = max(int(mask.sum()), 1)
@@ -578,12 +578,12 @@ def _score_defense(config: GradingConfig, artifacts: dict, hidden: HiddenData, m
         for label in ("public", "private"):
             if shares[label] <= 0:
                 continue
-            m = _suite_metrics(report, x, rows[label])
+            m = suite_metrics(report, x, rows[label])
             m["valid"] = True
             split_metrics[label] = m
             parts += _term_parts(config.terms, m, shares[label], label, label)
-            parts.append(_suite_part(report, rows[label], label, label))
-        overall = _suite_metrics(report, x, np.ones(len(x), dtype=bool))
+            parts.append(suite_part(report, rows[label], label, label))
+        overall = suite_metrics(report, x, np.ones(len(x), dtype=bool))
         overall["valid"] = True
     score = round(sum(p.points for p in parts), 4)
     return ScoreResult(score, config.max_score, parts, overall, split_metrics.get("public", {}),

@@ -346,7 +346,7 @@ def _accuracy(d: MaskedDefense, hidden: _Hidden, images: torch.Tensor, draws: in
 def _read(d: MaskedDefense, artifacts: dict, hidden: _Hidden, threat, rows: dict):
     """(x_adv with every row that breaks the threat model replaced by its clean input, or None;
     {part: reason} of the parts the file cannot be scored on)."""
-    from ..scoring import ArtifactRefused, _rule_text, load_artifact
+    from ..scoring import ArtifactRefused, broken_rows, load_artifact
 
     x = hidden.x
     path = artifacts.get(d.file, artifacts.get(d.name))
@@ -366,12 +366,7 @@ def _read(d: MaskedDefense, artifacts: dict, hidden: _Hidden, threat, rows: dict
     why = {}
     bad = torch.zeros(len(x), dtype=torch.bool)
     for label, mask in rows.items():
-        broken = []
-        for v in found:
-            idx = [i for i in v.indices if mask[i]]
-            if idx:
-                shown = ", ".join(map(str, idx[:10])) + (f" (+{len(idx) - 10} more)" if len(idx) > 10 else "")
-                broken.append(f"{v.rule}: rows {shown} of {d.file} ({_rule_text(v.rule, threat)})")
+        broken = [t for v in found if (t := broken_rows(v, mask, d.file, threat))]
         if broken:
             why[label] = (f"{d.file} breaks the threat model ({threat.describe()}): {'; '.join(broken)}"
                           + _order_hint(found, len(x)))

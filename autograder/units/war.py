@@ -295,18 +295,13 @@ def _load_attack(config, path, x):
 
 def _violations(config, x, x_adv, rows: np.ndarray) -> str:
     """Why ``x_adv`` breaks the threat model on the rows ``rows`` ("" when it does not)."""
-    from ..scoring import _rule_text
+    from ..scoring import broken_rows
 
     spec: WarSpec = config.unit
     threat = config.threat.threat_model()
     found = threat.violations(x.to(x_adv.dtype), x_adv)
     whole = [str(v) for v in found if not v.indices]
-    broken = []
-    for v in found:
-        bad = [i for i in v.indices if rows[i]]
-        if bad:
-            shown = ", ".join(map(str, bad[:10])) + (f" (+{len(bad) - 10} more)" if len(bad) > 10 else "")
-            broken.append(f"{v.rule}: rows {shown} of {spec.attack_file} ({_rule_text(v.rule, threat)})")
+    broken = [t for v in found if (t := broken_rows(v, rows, spec.attack_file, threat))]
     if not whole and not broken:
         return ""
     why = "; ".join(whole + broken)
@@ -354,7 +349,7 @@ class WarKind(Kind):
         from maestro.evaluation import evaluate
         from maestro.models.train import num_threads
 
-        from ..scoring import Part, _suite_metrics, _suite_part, score_parts
+        from ..scoring import Part, suite_metrics, suite_part, score_parts
 
         spec: WarSpec = config.unit
         st: WarState = prepared.state
@@ -389,9 +384,9 @@ class WarKind(Kind):
             why: dict[str, str] = {}
             extra[label] = []
             if report is not None:
-                suite = _suite_metrics(report, x.float(), mask)
+                suite = suite_metrics(report, x.float(), mask)
                 m["clean_accuracy"], m["robust_accuracy"] = suite["clean_accuracy"], suite["robust_accuracy"]
-                extra[label].append(_suite_part(report, mask, label, label))
+                extra[label].append(suite_part(report, mask, label, label))
                 idx = torch.from_numpy(np.flatnonzero(mask))
                 against = ", ".join(f"PGD-{spec.attack_steps} on {r.title} "
                                     f"{100 * (1 - _error_rate(defense, r.x_adv[idx].float(), y[idx])):.1f}%"
@@ -418,7 +413,7 @@ class WarKind(Kind):
         overall: dict = {}
         everything = np.ones(len(y), dtype=bool)
         if report is not None:
-            suite = _suite_metrics(report, x.float(), everything)
+            suite = suite_metrics(report, x.float(), everything)
             overall.update(clean_accuracy=suite["clean_accuracy"], robust_accuracy=suite["robust_accuracy"])
         if x_adv is not None and not _violations(config, x, x_adv, everything):
             overall.update({f"{r.name}_fool_rate": _error_rate(r.model, x_adv.to(x.dtype), y)
