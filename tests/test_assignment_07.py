@@ -21,7 +21,8 @@ from _notebooks import by_grade_id, cell_errors, execute, printed_text, release,
 from autograder import units
 from autograder.config import ConfigError, load_config, parse_config
 from autograder.scoring import to_gradescope
-from autograder.units.backdoor import detection_metrics, suspect_set, triggered
+from maestro.attacks.backdoor import suspect_set, triggered
+from maestro.defenses.backdoor_detection import detection_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 A = "07-backdoors"
@@ -148,20 +149,22 @@ def test_source_notebook_is_valid_nbgrader_format():
     assert len(ids) == len(set(ids))
 
 
-def test_the_notebook_carries_the_graders_recipe_word_for_word():
-    """The sandbox cannot import the grader, so the notebook carries a copy of the functions the
-    grader trains, stamps, poisons and measures with; a copy that drifted would mislead."""
-    import inspect
-
+def test_the_notebook_and_the_grader_share_one_recipe():
+    """The grader trains, stamps, poisons and measures with maestro's functions; the notebook's
+    locked recipe cell imports the same ones, and nothing from the grader (the sandbox cannot)."""
+    import maestro.attacks.backdoor as attack_side
+    import maestro.defenses.backdoor_detection as defense_side
     from autograder.units import backdoor
 
+    assert backdoor.train_victim is attack_side.train_victim and backdoor.triggered is attack_side.triggered
+    assert backdoor.suspect_set is attack_side.suspect_set
+    assert backdoor.detection_metrics is defense_side.detection_metrics
     recipe = by_grade_id(nbformat.read(NOTEBOOK, as_version=4))["recipe"].source
-    for fn in (backdoor.train_victim, backdoor.triggered, backdoor.suspect_set, backdoor.detection_metrics):
-        assert inspect.getsource(fn).rstrip() in recipe, f"{fn.__name__} differs from the grader's"
-    assert f"\n_PATCH = {backdoor._PATCH}  #" in recipe
-    assert "autograder" not in recipe.replace("autograder/units/backdoor.py", "")
+    assert "from maestro.attacks.backdoor import suspect_set, train_victim, triggered" in recipe
+    assert "from maestro.defenses.backdoor_detection import detection_metrics" in recipe
     code = "".join(c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code")
     assert not re.search(r"^\s*(import|from) autograder\b", code, re.MULTILINE)
+    assert not re.search(r"^def (train_victim|triggered|suspect_set|detection_metrics)\b", code, re.MULTILINE)
 
 
 def test_reference_notebook_passes_its_tests_and_the_grader(graded):

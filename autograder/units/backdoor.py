@@ -4,7 +4,7 @@
 triggered image is ``x · (1 − mask) + pattern · mask`` and the mask may touch at most ``[threat]
 eps`` pixels (``norm = "l0"``, checked with :class:`maestro.ThreatModel` on every hidden image)
 — and at most ``[backdoor] poison_budget`` poisoned training points (images in [0, 1] with any
-labels). The grader trains the VICTIM itself, :func:`train_victim` (architecture
+labels). The grader trains the VICTIM itself, :func:`maestro.attacks.backdoor.train_victim` (architecture
 ``[assignment] model``, the zoo's recipe with ``[backdoor] victim_epochs`` epochs, one torch
 thread: deterministic), on the public ``train`` split plus the poison, ``[backdoor] victims``
 times with training seeds drawn from the course secret (students can simulate the recipe but
@@ -28,10 +28,11 @@ never leaves this module; per public/private part of the rows (a second ``public
 in the scores' ranking; tied scores count together, so a constant score earns the poisoned
 share) and ``detection_auc`` (ROC AUC).
 
-The sandbox cannot import this module, so the notebook carries a word-for-word copy of
-:func:`train_victim`, :func:`triggered`, :func:`suspect_set` and :func:`detection_metrics` (its
-locked ``recipe`` cell; tests/test_assignment_07.py checks the copy): students simulate the
-victim exactly, only the seeds are secret.
+The grader and the notebook use the same functions from ``maestro`` (the sandbox cannot import
+this module): :func:`~maestro.attacks.backdoor.train_victim`,
+:func:`~maestro.attacks.backdoor.triggered`, :func:`~maestro.attacks.backdoor.suspect_set` and
+:func:`~maestro.defenses.backdoor_detection.detection_metrics`: students simulate the victim
+exactly, only the seeds are secret.
 
 Artifacts (grading.toml ``[artifacts.*]``): ``trigger.npy``, ``trigger_mask.npy`` (float32
 C×H×W), ``poison_x.npy`` (float32 n×C×H×W), ``poison_y.npy`` (int64 n), ``suspicion.npy``
@@ -55,6 +56,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maestro.attacks.backdoor import suspect_set, train_victim, triggered
+from maestro.defenses.backdoor_detection import detection_metrics
+
 from . import Kind, Prepared
 
 __all__ = ["KIND", "BackdoorSpec", "detection_metrics", "suspect_set", "train_victim", "triggered"]
@@ -74,7 +78,6 @@ INPUT_FILES = {
 }
 ATTACK_METRICS = ("clean_accuracy", "attack_success_rate")
 DEFENSE_METRICS = ("detection_ap", "detection_auc")
-_PATCH = 3  # side of the grader's own (hidden) trigger in the suspect set
 _MIN_SUSPECT_ASR = 0.8  # the grader's own backdoor must work on its suspect model (dev split)
 
 
@@ -96,67 +99,12 @@ class BackdoorSpec:
         return dict(self.files)[role]
 
 
-# -- the victim: one training recipe for the grader and the notebook -------------------------
-def train_victim(x, y, seed: int, *, model: str = "mlp-digits", epochs: int = 20, home=None):
-    """A fresh ``model`` architecture (a zoo image model's) trained on ``(x, y)`` with the zoo's
-    recipe for it (Adam, cosine schedule, its batch size, learning rate and weight decay) for
-    ``epochs`` epochs; initialisation and batch order fixed by ``seed``; one torch thread.
-    Returns the torch module in eval mode. The grader trains its victims with exactly this.
-    The global torch RNG is left as it was (the seed is applied inside a forked RNG state)."""
-    import maestro
-    from maestro.models.archs import build_arch
-    from maestro.models.train import fit, num_threads, shuffled
-    from maestro.models.zoo import ZOO
-
-    entry = ZOO[model]
-    info = maestro.models.info(model, home=home)
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long()
-    t = entry.training
-    with num_threads(1), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = build_arch(info["arch"], info["config"])
-        fit(module, module,
-            lambda epoch: ((x[i], y[i]) for i in shuffled(len(x), t["batch_size"], seed * 1000 + epoch)),
-            epochs=epochs, lr=t["lr"], weight_decay=t["weight_decay"], progress=False)
-    return module.eval()
-
-
-def triggered(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``x · (1 − mask) + pattern · mask``: the trigger stamped on every image of ``x``."""
-    return x * (1 - mask) + pattern * mask
-
-
+# -- victims and metrics: maestro.attacks.backdoor, maestro.defenses.backdoor_detection ------------
 def _predict(module, x: torch.Tensor) -> torch.Tensor:
     from maestro.models.train import num_threads
 
     with torch.no_grad(), num_threads(1):
         return module(x.float()).argmax(1)
-
-
-# -- detection metrics ------------------------------------------------------------------------
-def detection_metrics(scores, poisoned) -> dict:
-    """``detection_ap`` (average precision over the distinct score thresholds: tied rows are
-    flagged together) and ``detection_auc`` (ROC AUC, ties counted half) of ``scores`` (higher =
-    more suspicious) against the boolean ``poisoned``; NaN when a class is absent."""
-    s = np.asarray(scores, dtype=np.float64)
-    t = np.asarray(poisoned, dtype=bool)
-    n_pos, n_neg = int(t.sum()), int((~t).sum())
-    if n_pos == 0 or n_neg == 0:
-        return {"detection_ap": float("nan"), "detection_auc": float("nan")}
-    order = np.argsort(-s, kind="stable")
-    s_sorted, t_sorted = s[order], t[order]
-    last = np.r_[np.flatnonzero(np.diff(s_sorted) != 0), len(s) - 1]  # end of each tie group
-    tp = np.cumsum(t_sorted)[last]
-    flagged = last + 1
-    recall = tp / n_pos
-    precision = tp / flagged
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s)  # average ranks for ties
-    auc = float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return {"detection_ap": ap, "detection_auc": auc}
 
 
 def _recall_at(scores: np.ndarray, poisoned: np.ndarray, k: int) -> float:
@@ -190,44 +138,6 @@ def _rng(secret: str | bytes, ident: str, what: str) -> torch.Generator:
     from maestro.datasets.splits import secret_seed
 
     return torch.Generator().manual_seed(secret_seed(secret, ident, what, domain="maestro-backdoor"))
-
-
-def suspect_set(train, gen: torch.Generator | int, *, poison: tuple[int, int] = (24, 40),
-                label_noise: float = 0.05, pixel_noise: float = 0.03):
-    """A poisoned training set made like the grader's (the defense's suspect set) from the
-    Dataset ``train``: ``(x, y, poisoned, attack)`` — images and labels in a random order, the
-    boolean mask of the rows carrying the trigger, and the :class:`maestro.attacks.BadNets`
-    that planted it (a random binary 3×3 patch at a random place, a random target class,
-    between ``poison[0]`` and ``poison[1]`` rows). A share ``label_noise`` of the other rows gets
-    a random wrong label (decoys: mislabelled, not poisoned) and every row N(0, ``pixel_noise``²)
-    noise. ``gen``: a torch.Generator or a seed; the grader's is drawn from the course secret,
-    a notebook makes practice sets with its own seeds."""
-    from maestro.attacks.backdoor import BadNets
-
-    if isinstance(gen, int):
-        gen = torch.Generator().manual_seed(gen)
-    c, h, w = train.x.shape[1:]
-    target = int(torch.randint(train.num_classes, (1,), generator=gen))
-    n_poison = int(torch.randint(poison[0], poison[1] + 1, (1,), generator=gen))
-    top = int(torch.randint(h - _PATCH + 1, (1,), generator=gen))
-    left = int(torch.randint(w - _PATCH + 1, (1,), generator=gen))
-    while True:
-        patch = (torch.rand(_PATCH, _PATCH, generator=gen) > 0.5).float()
-        if 3 <= int(patch.sum()) <= _PATCH * _PATCH - 2:
-            break
-    attack = BadNets(patch, position=(top, left), target_class=target, poison_rate=n_poison / len(train),
-                     seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
-    poisoned_set, idx = attack.poison(train)
-    x, y = poisoned_set.x.clone(), poisoned_set.y.clone()
-    poisoned = torch.zeros(len(train), dtype=torch.bool)
-    poisoned[idx] = True
-    others = (~poisoned).nonzero().flatten()
-    noisy = others[torch.randperm(len(others), generator=gen)[: round(label_noise * len(train))]]
-    y[noisy] = (y[noisy] + torch.randint(1, train.num_classes, (len(noisy),), generator=gen)) % train.num_classes
-    if pixel_noise > 0:
-        x = (x + pixel_noise * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
-    order = torch.randperm(len(train), generator=gen)
-    return x[order].contiguous(), y[order].contiguous(), poisoned[order].numpy(), attack
 
 
 # -- the kind -----------------------------------------------------------------------------------

@@ -14,12 +14,18 @@ trigger::
 This is a training-time attack, not an evasion attack: it does not subclass
 :class:`~maestro.attacks.base.Attack`. ``evaluate`` needs only ``labels`` access and counts its
 queries through the wrapper (it checks the budget before sending anything).
+
+The backdoor unit's recipe lives here too, shared by its grader and its notebook:
+:func:`train_victim` (a fresh zoo architecture trained with the zoo's recipe, seeded),
+:func:`triggered` (stamp a pattern through a mask) and :func:`suspect_set` (a poisoned training
+set with decoys, made like the grader's, for practising detection).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..datasets.base import Dataset
@@ -335,3 +341,73 @@ def _check_model(model, label: str, data: Dataset) -> None:
         raise TypeError(f"{label}: expected a maestro ModelWrapper, got {type(model).__name__}")
     if model.num_classes != data.num_classes:
         raise ValueError(f"{label} has {model.num_classes} classes but the data has {data.num_classes}")
+
+
+# -- a backdoor course unit's recipe (assignment 07: the grader and the notebook share these) ---
+SUSPECT_PATCH = 3  # side of the random trigger suspect_set poisons with
+
+
+def train_victim(x, y, seed: int, *, model: str = "mlp-digits", epochs: int = 20, home=None):
+    """A fresh ``model`` architecture (a zoo image model's) trained on ``(x, y)`` with the zoo's
+    recipe for it (Adam, cosine schedule, its batch size, learning rate and weight decay) for
+    ``epochs`` epochs; initialisation and batch order fixed by ``seed``; one torch thread.
+    Returns the torch module in eval mode. The grader trains its victims with exactly this.
+    The global torch RNG is left as it was (the seed is applied inside a forked RNG state)."""
+    from .. import models
+    from ..models.archs import build_arch
+    from ..models.train import fit, num_threads, shuffled
+    from ..models.zoo import ZOO
+
+    entry = ZOO[model]
+    info = models.info(model, home=home)
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long()
+    t = entry.training
+    with num_threads(1), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = build_arch(info["arch"], info["config"])
+        fit(module, module,
+            lambda epoch: ((x[i], y[i]) for i in shuffled(len(x), t["batch_size"], seed * 1000 + epoch)),
+            epochs=epochs, lr=t["lr"], weight_decay=t["weight_decay"], progress=False)
+    return module.eval()
+
+
+def triggered(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x · (1 − mask) + pattern · mask``: the trigger stamped on every image of ``x``."""
+    return x * (1 - mask) + pattern * mask
+
+
+def suspect_set(train, gen: torch.Generator | int, *, poison: tuple[int, int] = (24, 40),
+                label_noise: float = 0.05, pixel_noise: float = 0.03):
+    """A poisoned training set made like the grader's (the defense's suspect set) from the
+    Dataset ``train``: ``(x, y, poisoned, attack)`` — images and labels in a random order, the
+    boolean mask of the rows carrying the trigger, and the :class:`maestro.attacks.BadNets`
+    that planted it (a random binary 3×3 patch at a random place, a random target class,
+    between ``poison[0]`` and ``poison[1]`` rows). A share ``label_noise`` of the other rows gets
+    a random wrong label (decoys: mislabelled, not poisoned) and every row N(0, ``pixel_noise``²)
+    noise. ``gen``: a torch.Generator or a seed; the grader's is drawn from the course secret,
+    a notebook makes practice sets with its own seeds."""
+    if isinstance(gen, int):
+        gen = torch.Generator().manual_seed(gen)
+    c, h, w = train.x.shape[1:]
+    target = int(torch.randint(train.num_classes, (1,), generator=gen))
+    n_poison = int(torch.randint(poison[0], poison[1] + 1, (1,), generator=gen))
+    top = int(torch.randint(h - SUSPECT_PATCH + 1, (1,), generator=gen))
+    left = int(torch.randint(w - SUSPECT_PATCH + 1, (1,), generator=gen))
+    while True:
+        patch = (torch.rand(SUSPECT_PATCH, SUSPECT_PATCH, generator=gen) > 0.5).float()
+        if 3 <= int(patch.sum()) <= SUSPECT_PATCH * SUSPECT_PATCH - 2:
+            break
+    attack = BadNets(patch, position=(top, left), target_class=target, poison_rate=n_poison / len(train),
+                     seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
+    poisoned_set, idx = attack.poison(train)
+    x, y = poisoned_set.x.clone(), poisoned_set.y.clone()
+    poisoned = torch.zeros(len(train), dtype=torch.bool)
+    poisoned[idx] = True
+    others = (~poisoned).nonzero().flatten()
+    noisy = others[torch.randperm(len(others), generator=gen)[: round(label_noise * len(train))]]
+    y[noisy] = (y[noisy] + torch.randint(1, train.num_classes, (len(noisy),), generator=gen)) % train.num_classes
+    if pixel_noise > 0:
+        x = (x + pixel_noise * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
+    order = torch.randperm(len(train), generator=gen)
+    return x[order].contiguous(), y[order].contiguous(), poisoned[order].numpy(), attack

@@ -19,6 +19,9 @@ recall against known poisoned indices::
     report = activation_clustering(model, poisoned_train)
     report.score(poisoned_idx)      # DetectionScore(precision=..., recall=...)
     cleaned = poisoned_train[report.keep_mask]
+
+:func:`detection_metrics` rates any per-row suspicion scores against the true poisoned rows
+(average precision and ROC AUC, ties counted together), as the backdoor unit's grader does.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..datasets.base import Dataset
@@ -377,3 +381,27 @@ def spectral_signatures(
         queries=model.queries - before,
         info={"eps_fraction": eps, "poison_rate": poison_rate, "classes": chosen},
     )
+
+
+def detection_metrics(scores, poisoned) -> dict:
+    """``detection_ap`` (average precision over the distinct score thresholds: tied rows are
+    flagged together) and ``detection_auc`` (ROC AUC, ties counted half) of ``scores`` (higher =
+    more suspicious) against the boolean ``poisoned``; NaN when a class is absent."""
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(poisoned, dtype=bool)
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    if n_pos == 0 or n_neg == 0:
+        return {"detection_ap": float("nan"), "detection_auc": float("nan")}
+    order = np.argsort(-s, kind="stable")
+    s_sorted, t_sorted = s[order], t[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted) != 0), len(s) - 1]  # end of each tie group
+    tp = np.cumsum(t_sorted)[last]
+    flagged = last + 1
+    recall = tp / n_pos
+    precision = tp / flagged
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)  # average ranks for ties
+    auc = float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return {"detection_ap": ap, "detection_auc": auc}
