@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -263,14 +262,12 @@ def test_hf_scheme_fails_fast_offline(tmp_path):
         "    print(f'{time.time() - t:.3f}'); print(e)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    start = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
     )
-    elapsed = time.monotonic() - start
     assert out.returncode == 0, out.stderr
     inner, message = out.stdout.split("\n", 1)
-    assert elapsed < 10 and float(inner) < 3
+    assert float(inner) < 3  # the load itself (imports excluded); the hub's retries take ~25 s
     assert "nobody/surely-not-cached-model" in message and "offline" in message
     assert "file:" in message and "local" in message
 
