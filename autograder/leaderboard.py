@@ -209,13 +209,14 @@ def _is_reference(name: str) -> bool:
 
 
 def tournament(matrix: dict, *, pseudonyms: str | None = None, assignment: str = "",
-               title: str = "", max_score: float = 100.0, final: bool = False) -> Board:
+               title: str = "", max_score: float = 100.0, final: bool = False, history=()) -> Board:
     """A war leaderboard. ``matrix`` = {"attackers": [ids], "defenders": [ids], "cells":
     [[attack success of attacker i against defender j, in 0..1, or None if not played]]}.
     Each student's score is the mean over opponents (never against themselves) of their attack
     success (as attacker) and of 1 − the opponents' success (as defender), scaled to max_score.
     ``final``: the matrix was played on the private part (the board says so; the score is the
-    same number in every column)."""
+    same number in every column). ``history``: the assignment's graded submissions (Entry
+    objects): each player's count and latest submission time fill those columns."""
     atk, dfn, cells = list(matrix["attackers"]), list(matrix["defenders"]), matrix["cells"]
     if len(cells) != len(atk) or any(len(row) != len(dfn) for row in cells):
         raise ValueError("tournament: cells must be len(attackers) × len(defenders)")
@@ -229,15 +230,22 @@ def tournament(matrix: dict, *, pseudonyms: str | None = None, assignment: str =
             v = min(max(float(v), 0.0), 1.0)
             as_atk.setdefault(a, []).append(v)
             as_dfn.setdefault(d, []).append(1.0 - v)
+    latest: dict[str, str] = {}
+    count: dict[str, int] = {}
+    for e in history:
+        count[e.student] = count.get(e.student, 0) + 1
+        latest[e.student] = max(latest.get(e.student, ""), e.submitted_at)
     entries = []
     for s in sorted(set(atk) | set(dfn)):
         a = sum(as_atk.get(s, [])) / len(as_atk[s]) if as_atk.get(s) else 0.0
         d = sum(as_dfn.get(s, [])) / len(as_dfn[s]) if as_dfn.get(s) else 0.0
         pts = max_score / 2 * (a + d)
         metrics = {"attack_score": a, "defense_score": d}
-        entries.append(Entry(s, assignment, "", pts, max_score, pts, max_score, pts, max_score,
+        entries.append(Entry(s, assignment, latest.get(s, ""), pts, max_score, pts, max_score, pts, max_score,
                              metrics, dict(metrics)))
     board = rank(entries, final=final, pseudonyms=pseudonyms, assignment=assignment, title=title)
+    for row in board.rows:  # one entry per player above: the real counts come from the history
+        row.submissions = count.get(row.entry.student, 0)
     board.max_score = max_score
     board.metrics = ("attack_score", "defense_score")
     names = {s: (pseudonym(s, pseudonyms) if pseudonyms and not _is_reference(s) else s)
@@ -293,7 +301,7 @@ def from_course(course, assignment: str, *, final: bool = False, pseudonyms: boo
 
         matrix = tournament_matrix(course, cfg, read_secret(course), part="private" if final else "public")
         return tournament(matrix, pseudonyms=secret, assignment=assignment, title=cfg.title or assignment,
-                          max_score=cfg.max_score, final=final)
+                          max_score=cfg.max_score, final=final, history=read_history(course, assignment))
     board = rank(read_history(course, assignment), final=final, pseudonyms=secret,
                  assignment=assignment, title=cfg.title or assignment)
     board.max_score = cfg.max_score

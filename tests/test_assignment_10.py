@@ -438,3 +438,26 @@ def test_an_empty_course_has_an_empty_matrix(ref, tmp_path):
     m = tournament_matrix(tmp_path, ref["cfg"], SECRET, prepared=ref["prepared"])
     assert m["attackers"] == m["defenders"] == [] and m["cells"] == [] and m["problems"] == {}
     assert tournament(m, assignment=A).rows == []
+
+
+def test_the_course_leaderboard_plays_the_matrix_with_submission_counts_and_times(ref, war):
+    """`maestro leaderboard 10-war` (autograder.leaderboard.from_course) on a course folder."""
+    import shutil
+
+    from autograder.leaderboard import Entry, append_history, from_course
+
+    course = war["course"]
+    (course / "source" / A).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ASSIGNMENT / "grading.toml", course / "source" / A / "grading.toml")
+    (course / ".maestro" / "secret").write_text(SECRET)
+    for who, when in [("ann", "2026-11-20T09:00:00+00:00"), ("ann", "2026-11-21T09:00:00+00:00"),
+                      ("bob", "2026-11-20T12:00:00+00:00")]:
+        append_history(course, Entry(who, A, when, 50.0, 100.0, 50.0, 100.0, 50.0, 100.0, {}, {},
+                                     sha256=when))
+    board = from_course(course, A)
+    assert board.matrix["attackers"] == ["ann", "bob", "cy", "dee"]
+    assert board.matrix["cells"] == [[None if v is None else round(v, 4) for v in row] for row in war["matrix"]["cells"]]
+    rows = {r.name: (r.submissions, r.entry.submitted_at) for r in board.rows}
+    assert rows["ann"] == (2, "2026-11-21T09:00:00+00:00") and rows["bob"] == (1, "2026-11-20T12:00:00+00:00")
+    assert rows["dee"] == (0, "")
+    assert from_course(course, A, pseudonyms=True).rows[0].name not in ("ann", "bob", "cy", "dee")

@@ -72,6 +72,13 @@ def test_tournament_scores_average_over_opponents():
     assert 'id="matrix"' in page and "90%" in page  # self-play is shown, not scored
     with pytest.raises(ValueError, match="cells"):
         tournament({"attackers": ["a"], "defenders": ["b", "c"], "cells": [[0.1]]})
+    # with the graded submissions: how many each player made and when the latest came in
+    board = tournament(m, assignment="10-war", history=[_e("ann", "2026-11-01T10:00:00+00:00", 1, 1),
+                                                        _e("ann", "2026-11-02T10:00:00+00:00", 1, 1),
+                                                        _e("cy", "2026-11-01T08:00:00+00:00", 1, 1)])
+    got = {r.name: (r.submissions, r.entry.submitted_at) for r in board.rows}
+    assert got == {"ann": (2, "2026-11-02T10:00:00+00:00"), "cy": (1, "2026-11-01T08:00:00+00:00"), "bob": (0, "")}
+    assert "2026-11-02" in render_html(board) and "2026-11-02" in to_csv(board)
 
 
 def test_files_csv_html_png_json(tmp_path):
