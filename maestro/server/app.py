@@ -619,7 +619,7 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         raw_answer = NPY in request.headers.get("accept", "")
         return await run_model(who, op, body_cls, fmt, task, raw, media, raw_answer)
 
-    costs: dict[tuple, float] = {}  # (task, op, media type) -> seconds per body byte, averaged
+    costs: dict[tuple, float] = {}  # (task, op, raw .npy body?) -> seconds per body byte, averaged
 
     async def run_model(who: Caller, op: str, body_cls: type[BaseModel], fmt: str, task: str | None,
                         raw: bytes, media: str, raw_answer: bool) -> Response:
@@ -627,7 +627,7 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         cost under ``INLINE_SECONDS`` for a body this size, right here on the event loop (a
         thread hop costs a fair share of such a request); else in the threadpool, which keeps
         long calls off the loop and lets calls run side by side."""
-        key = (task, op, media)
+        key = (task, op, media == NPY)  # not the raw media type: clients choose those freely
 
         def work() -> Response:
             start = time.perf_counter()
