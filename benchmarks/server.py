@@ -61,21 +61,15 @@ def _headers(token: str, enc: str) -> dict:
 
 
 def _stdlib_client(url: str):
-    """A keep-alive connection with the standard library's http.client, as a ``post(path,
-    content, headers) -> (status, body)`` function."""
-    import http.client
-    import socket
-    from urllib.parse import urlsplit
+    """maestro.remote's standard-library transport (``maestro._http``: http.client, one
+    keep-alive connection), as a ``post(path, content, headers) -> (status, body)`` function."""
+    from maestro._http import HTTPClient
 
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    conn.connect()
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    http = HTTPClient(url, timeout=60)
 
     def post(path, content, headers):
-        conn.request("POST", path, body=content, headers=headers)
-        r = conn.getresponse()
-        return r.status, r.read()
+        r = http.request("POST", path, content=content, headers=headers)
+        return r.status_code, r.content
 
     return post
 
@@ -113,11 +107,12 @@ def _worker(url: str, path: str, body: bytes, headers: dict, max_requests: int, 
     out.put(("done", (lat, errors, time.perf_counter() - start)))
 
 
-def _load(url, path, body, headers, clients, max_requests, max_seconds, client) -> dict:
+def _load(target, args: tuple, clients: int, max_seconds: float) -> dict:
+    """Start ``clients`` processes of ``target(*args, queue)``; each sends "ready", then "done"
+    with (latencies, error answers, wall seconds). Requests/s and latency percentiles."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, path, body, headers, max_requests, max_seconds, client, out))
-             for _ in range(clients)]
+    procs = [ctx.Process(target=target, args=(*args, out)) for _ in range(clients)]
     for p in procs:
         p.start()
     results = []
@@ -152,21 +147,6 @@ def _remote_worker(url: str, token: str, task: str, x: np.ndarray, max_requests:
         oracle.predict(xt)
         lat.append(time.perf_counter() - t0)
     out.put(("done", (lat, [], time.perf_counter() - start)))
-
-
-def _remote_load(url, token, task, x, max_requests, max_seconds) -> dict:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_remote_worker, args=(url, token, task, x, max_requests, max_seconds, out))
-    proc.start()
-    while True:
-        kind, value = out.get(timeout=max_seconds + 120)
-        if kind == "done":
-            break
-    proc.join(30)
-    lat = np.array(value[0])
-    return {"requests": len(lat), "errors": 0, "error_answers": [], "rps": len(lat) / value[2],
-            "p50_ms": 1e3 * float(np.percentile(lat, 50)), "p99_ms": 1e3 * float(np.percentile(lat, 99))}
 
 
 def _in_process(model, x, seconds: float, min_calls: int) -> float:
@@ -247,7 +227,8 @@ def main(argv=None) -> list[dict]:
                             got = np.load(io.BytesIO(base64.b64decode(got["npy_b64"])), allow_pickle=False).tolist()
                         assert got == want, (name, batch, enc)
                         before = _in_process(served, x64, **timing) if batch == 64 else None
-                        res = _load(url, path, body, headers, args.clients, max_requests, max_seconds, args.client)
+                        res = _load(_worker, (url, path, body, headers, max_requests, max_seconds, args.client),
+                                    args.clients, max_seconds)
                         direct = (before + _in_process(served, x64, **timing)) / 2 if batch == 64 else None
                         row = {"model": name, "batch": batch, "encoding": enc, "body_kb": len(body) / 1024, **res,
                                "inputs_per_s": res["rps"] * batch}
@@ -258,7 +239,7 @@ def main(argv=None) -> list[dict]:
                         print(_fmt(row), flush=True)
                 if "raw" in args.encodings:  # what a student's notebook sees: maestro.remote, one caller
                     before = _in_process(served, x64, **timing)
-                    res = _remote_load(url, token, name, x64.numpy(), max_requests, max_seconds)
+                    res = _load(_remote_worker, (url, token, name, x64.numpy(), max_requests, max_seconds), 1, max_seconds)
                     direct = (before + _in_process(served, x64, **timing)) / 2
                     row = {"model": name, "batch": 64, "encoding": "maestro.remote", "body_kb": rows[-1]["body_kb"],
                            **res, "inputs_per_s": res["rps"] * 64, "in_process_inputs_per_s": direct}

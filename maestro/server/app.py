@@ -186,15 +186,11 @@ class BodyLimit:
                 return await _plain(send, 413, self._message(int(declared), limit))
             return await self.app(scope, receive, send)
         # no declared length (chunked): read it, bounded, then replay it
-        body, more = b"", True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-            if len(body) > limit:
-                return await _plain(send, 413, self._message(None, limit))
+        body = await _read_body(receive, limit)
+        if body is None:
+            return
+        if len(body) > limit:
+            return await _plain(send, 413, self._message(None, limit))
         sent = False
 
         async def replay():
@@ -211,6 +207,22 @@ class BodyLimit:
         hint = ("send fewer inputs per request or use {\"npy_b64\": ...}" if limit == self.max_bytes
                 else "upload exactly the array the assignment asks for (GET /v1/assignments/{id})")
         return f"request body too large{got}: the limit is {limit} bytes; {hint}"
+
+
+async def _read_body(receive, limit: int | None = None) -> bytes | None:
+    """The request body from ASGI ``receive``; None if the client went away. Reading stops once
+    past ``limit`` bytes (the caller then sees a body over its limit)."""
+    chunks, size, more = [], 0, True
+    while more:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        chunks.append(msg.get("body", b""))
+        size += len(chunks[-1])
+        more = msg.get("more_body", False)
+        if limit is not None and size > limit:
+            break
+    return b"".join(chunks)
 
 
 async def _plain(send, status: int, detail: str, headers: dict | None = None) -> None:
@@ -611,9 +623,9 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
 
     async def model_route(request: Request, who: Caller, op: str, body_cls: type[BaseModel], fmt: str,
                           task: str | None = None) -> Response:
-        """Read the body, then parse, check, charge and run it in the threadpool (the model
-        call must not hold up the event loop). ``task`` None: the body names it (the seed's
-        aliases); op ``output``: scores where the task allows them, else labels."""
+        """Read the body, then parse, check, charge and run it (:func:`run_model`). ``task``
+        None: the body names it (the seed's aliases); op ``output``: scores where the task
+        allows them, else labels."""
         raw = await request.body()
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         raw_answer = NPY in request.headers.get("accept", "")
@@ -655,17 +667,13 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         headers = dict(scope["headers"])
         if headers.get(b"content-type", b"").partition(b";")[0].strip().lower() != NPY.encode():
             return False
-        chunks, more = [], True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return True
-            chunks.append(msg.get("body", b""))
-            more = msg.get("more_body", False)
+        body = await _read_body(receive)  # its size was checked by BodyLimit, outside
+        if body is None:
+            return True
         raw_answer = NPY.encode() in headers.get(b"accept", b"")
         try:
             response = await run_model(scope["state"]["caller"], parts[4], ModelRequest, "json", parts[3],
-                                       b"".join(chunks), NPY, raw_answer)
+                                       body, NPY, raw_answer)
         except HTTPException as exc:
             response = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
         await response(scope, receive, send)
