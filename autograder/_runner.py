@@ -92,6 +92,17 @@ def _kernel_returncode() -> int | None:
         return None
 
 
+def _first_error(cells) -> dict | None:
+    """The report of the first cell with an error output (e.g. sys.exit(): later cells
+    skipped; or a cell tagged raises-exception), or None."""
+    for cell in cells:
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if errors:
+            return {"status": "error", "ename": str(errors[0].get("ename"))[:200],
+                    "evalue": str(errors[0].get("evalue"))[:2000]}
+    return None
+
+
 def main() -> int:
     config = json.loads(sys.argv[1])
     status_fd = int(sys.argv[2])
@@ -110,17 +121,16 @@ def main() -> int:
                 engine_name="maestro-capped", kernel_name="python3", progress_bar=False,
                 log_output=False, cwd=config["cwd"], start_timeout=120,
             )
-            report = {"status": "ok", "reason": "the notebook ran to the end"}
-            for cell in nb.cells:  # e.g. sys.exit(): an error output, later cells skipped
-                errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-                if errors:
-                    report = {"status": "error", "ename": str(errors[0].get("ename"))[:200],
-                              "evalue": str(errors[0].get("evalue"))[:2000]}
-                    break
+            report = _first_error(nb.cells) or {"status": "ok", "reason": "the notebook ran to the end"}
         except papermill.PapermillExecutionError as err:
-            report = {"status": "error", "ename": str(err.ename)[:200],
-                      "evalue": str(err.evalue)[:2000],
-                      "cell": getattr(err, "exec_count", None)}
+            # papermill names the LAST failed cell; the first one (a stub, say) explains the rest
+            try:
+                with open(config["output"], encoding="utf-8") as fh:
+                    report = _first_error(json.load(fh).get("cells", []))
+            except (OSError, ValueError, AttributeError):
+                report = None
+            report = report or {"status": "error", "ename": str(err.ename)[:200],
+                                "evalue": str(err.evalue)[:2000]}
         except Exception as err:  # DeadKernelError and friends: the kernel is gone
             name = type(err).__name__
             status = "crashed" if "DeadKernel" in name or "Dead" in str(err) else "error"

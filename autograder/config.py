@@ -8,15 +8,24 @@ table and the key. The file format (see ``assignments/01-whitebox/grading.toml``
     [threat]      norm, eps, bounds, atol          -> maestro.ThreatModel
     [notebook]    file, labels ("model-predictions": hidden labels never reach the sandbox), timeout_s
     [artifacts.NAME]  file, dtype, shape ("inputs" or a list of ints)             (attack: *.npy)
+                      threat = { norm, eps, param }, targeted = true              (attack, optional)
     [artifacts.NAME]  file, format = "safetensors", dtype, architecture           (defense)
     [defense]     attacks = [{ attack = "PGD", steps = 20, ... }, ...]            (defense only)
     [split]       public_fraction, public_weight, salt   (the public/private split of the hidden set)
-    [[score.terms]]  name, metric, points, zero_at, full_at, requires (optional)
+    [[score.terms]]  name, metric, points, zero_at, full_at, requires, artifact (optional)
 
 Two kinds of assignment (``[assignment] kind``, default "attack"):
 
 * **attack**: the notebook saves adversarial inputs (``.npy``); the scorer checks them against
-  the threat model and measures what they do to ``[assignment] model``.
+  the threat model and measures what they do to ``[assignment] model``. An attack assignment may
+  ask for several such arrays, one per ``[artifacts.NAME]`` table, each scored on its own: an
+  artifact with its own ``threat = { norm = "l2", eps = 2.5, param = "eps_l2" }`` is checked
+  against that threat model instead of ``[threat]`` (bounds and atol come from ``[threat]``;
+  ``param`` names the papermill parameter the grader sets to that eps), and one with
+  ``targeted = true`` must make the model read each input as the grader's TARGET class (given to
+  the notebook as ``targets_path``: a secret random class other than the model's own reading of
+  the input). A score term names the artifact it measures with ``artifact = "NAME"`` (default:
+  the first); a violation or a missing file costs only that artifact's terms.
 * **defense**: the notebook saves the weights of a model (``.safetensors``) whose tensors must fit
   ``architecture`` exactly (a zoo model's name; default: ``[assignment] model``, the undefended
   baseline). The trusted scorer builds that architecture, loads the weights (names, shapes and
@@ -57,6 +66,8 @@ METRICS = {
     "clean_accuracy": "fraction of all examples classified correctly without attack",
     "median_linf": "median L∞ distance of the successful adversarial examples",
     "median_l2": "median L2 distance of the successful adversarial examples",
+    "targeted_success_rate": "fraction of the examples the model classifies correctly (clean) that "
+    "x_adv gets classified as the grader's target class (targeted artifacts only)",
     "queries_per_example": "queries the grader's oracle counted for the whole notebook run, "
     "divided by the number of hidden examples (black-box units: needs [oracle])",
 }
@@ -95,6 +106,9 @@ class ArtifactSpec:
     shape: str | tuple[int, ...] = "inputs"
     format: str = "npy"  # "npy" (an array) or "safetensors" (model weights)
     architecture: str | None = None  # safetensors: the zoo model whose architecture the weights fit
+    threat: ThreatSpec | None = None  # attack: this artifact's own threat model (None: [threat])
+    eps_param: str | None = None  # attack: the papermill parameter set to ``threat.eps``
+    targeted: bool = False  # attack: scored against the grader's target classes
 
     def expected_shape(self, inputs_shape) -> tuple[int, ...]:
         if self.format != "npy":
@@ -141,6 +155,13 @@ class ScoreTerm:
     zero_at: float
     full_at: float
     requires: str | None = None
+    artifact: str | None = None  # attack: the key of the artifact it measures (None: the first)
+
+    @property
+    def key(self) -> str:
+        """The name of its metric in a part's metrics: ``metric`` for the first artifact,
+        ``"<artifact>.<metric>"`` for another one (queries are counted per run, never per artifact)."""
+        return self.metric if self.artifact is None else f"{self.artifact}.{self.metric}"
 
     def fraction(self, value: float) -> float:
         """The share of ``points`` that ``value`` earns, in [0, 1] (NaN earns 0)."""
@@ -183,6 +204,25 @@ class GradingConfig:
                 return a
         raise KeyError(f"{self.id}: no artifact {key!r}; configured: "
                        f"{', '.join(a.file for a in self.artifacts)}")
+
+    def threat_for(self, spec: ArtifactSpec) -> ThreatSpec:
+        """The threat model ``spec`` is checked against: its own, else ``[threat]``."""
+        return spec.threat or self.threat
+
+    @property
+    def targeted(self) -> bool:
+        """Whether an artifact is scored against target classes (the notebook gets ``targets_path``)."""
+        return any(a.targeted for a in self.artifacts)
+
+    def metric_prefix(self, spec: ArtifactSpec) -> str:
+        """How the metrics of ``spec`` are named in a part's metrics (see :attr:`ScoreTerm.key`)."""
+        return "" if spec is self.artifacts[0] else f"{spec.key}."
+
+    def notebook_params(self) -> dict:
+        """The papermill parameters of the threat models: ``eps`` and each artifact's ``param``."""
+        out = {"eps": self.threat.eps if self.threat else None}
+        out.update({a.eps_param: a.threat.eps for a in self.artifacts if a.eps_param})
+        return out
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -279,7 +319,11 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
                           "[artifacts.x_adv] file = \"x_adv.npy\"")
     artifacts = []
     for key, body in arts_raw.items():
-        artifacts.append(_artifact(where, key, body, kind, model, unit is not None))
+        artifacts.append(_artifact(where, key, body, kind, model, unit is not None, threat))
+    params = [a.eps_param for a in artifacts if a.eps_param]
+    if len(set(params)) != len(params):
+        raise ConfigError(f"{where}: [artifacts] threat param: each artifact needs its own parameter name, "
+                          f"got {params}")
     first = artifacts[0]
     want = "npy" if kind == "attack" else "safetensors"
     if unit is None and first.format != want:
@@ -317,12 +361,14 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
             s.get("zero_at", float),
             s.get("full_at", float),
             s.get("requires", str, None),
+            s.get("artifact", str, None),
         )
         s.done()
         if term.zero_at == term.full_at:
             raise ConfigError(f"{where}: [score.terms #{i + 1}] zero_at and full_at must differ "
                               f"(both {term.zero_at:g})")
         terms.append(term)
+    terms = [_term_artifact(where, i, t, kind, unit is not None, artifacts) for i, t in enumerate(terms)]
     names = [t.name for t in terms]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: [[score.terms]] names must be unique, got {names}")
@@ -345,6 +391,30 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
         config = dataclasses.replace(config, unit=unit.parse(where, raw.get(unit.table) if unit.table else None,
                                                              config))
     return config
+
+
+def _term_artifact(where: str, i: int, term: ScoreTerm, kind: str, unit: bool, artifacts) -> ScoreTerm:
+    """Check ``artifact =`` of a score term (attack assignments only) and store its key, None
+    for the first artifact."""
+    here = f"{where}: [score.terms #{i + 1}]"
+    if term.artifact is None:
+        spec = artifacts[0]
+    elif unit or kind != "attack":
+        raise ConfigError(f"{here} artifact: only attack assignments score several artifacts "
+                          "(a unit kind names its metrics itself)")
+    else:
+        found = [a for a in artifacts if term.artifact in (a.key, a.file)]
+        if not found:
+            raise ConfigError(f"{here} artifact: {term.artifact!r} is not one of "
+                              f"{', '.join(a.key for a in artifacts)}")
+        spec = found[0]
+    if term.metric == "targeted_success_rate" and not spec.targeted:
+        raise ConfigError(f"{here} metric targeted_success_rate: artifact {spec.key!r} is not "
+                          "targeted (set targeted = true in its [artifacts] table)")
+    if term.metric == "queries_per_example" and spec is not artifacts[0]:
+        raise ConfigError(f"{here} artifact: queries are counted per run, not per artifact; leave "
+                          "artifact out of the queries_per_example term")
+    return dataclasses.replace(term, artifact=None if spec is artifacts[0] else spec.key)
 
 
 def _threat(where: str, raw, *, tokens: bool) -> ThreatSpec:
@@ -378,8 +448,12 @@ def _oracle(where: str, raw, kind: str) -> OracleSpec | None:
     return spec
 
 
-def _artifact(where: str, key: str, body, kind: str, model: str, unit: bool = False) -> ArtifactSpec:
+def _artifact(where: str, key: str, body, kind: str, model: str, unit: bool = False,
+              main: ThreatSpec | None = None) -> ArtifactSpec:
     s = _Table(where, body, f"artifacts.{key}")
+    if not key.isidentifier():
+        raise ConfigError(f"{where}: [artifacts.{key}] the name must be a plain identifier "
+                          "(letters, digits, _), e.g. x_adv_l2")
     exts = tuple(FORMATS) if unit else (".npy",) if kind == "attack" else tuple(FORMATS)[:2]
 
     def plain(v):
@@ -402,11 +476,32 @@ def _artifact(where: str, key: str, body, kind: str, model: str, unit: bool = Fa
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise ConfigError(f"{where}: [artifacts.{key}] shape: expected {' or '.join(map(repr, shapes))} "
                               f"or a list of non-negative ints, got {shape!r}")
+        own, param, targeted = None, None, False
+        if kind == "attack" and not unit:
+            own, param = _own_threat(where, key, s.get("threat", dict, None, what="a table { norm, eps }"), main)
+            targeted = s.get("targeted", bool, False)
         s.done()
-        return ArtifactSpec(key, file, dtype, shape if isinstance(shape, str) else tuple(shape))
+        return ArtifactSpec(key, file, dtype, shape if isinstance(shape, str) else tuple(shape),
+                            threat=own, eps_param=param, targeted=targeted)
     arch = s.get("architecture", str, model, check=_image_zoo_model)
     s.done()
     return ArtifactSpec(key, file, dtype, "inputs", fmt, arch)
+
+
+def _own_threat(where: str, key: str, raw, main: ThreatSpec | None):
+    """``threat = { norm, eps, param }`` of an attack artifact: (ThreatSpec, param) or (None, None)."""
+    if raw is None:
+        return None, None
+    t = _Table(where, raw, f"artifacts.{key}.threat")
+    norm = t.get("norm", str, check=_one_of(NORMS[:2]))
+    eps = t.get("eps", float, check=lambda v: None if v >= 0 else "must be ≥ 0")
+    param = t.get("param", str, None, check=lambda v: None if v.isidentifier() and v not in (
+        "eps", "inputs_path", "labels_path", "targets_path", "output_dir", "quick")
+        else "must be a new papermill parameter name, e.g. eps_l2")
+    t.done()
+    if main is None:
+        raise ConfigError(f"{where}: [artifacts.{key}] threat: needs a [threat] table (bounds and atol come from it)")
+    return dataclasses.replace(main, norm=norm, eps=eps), param
 
 
 def _image_zoo_model(name: str) -> str | None:

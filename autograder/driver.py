@@ -3,11 +3,13 @@
 For each ``submitted/<student>/<assignment>/<notebook>.ipynb`` (nbgrader's layout):
 
 1. the hidden INPUTS (``HiddenData.load(config, course secret).x``) are written as ``.npy`` into
-   a fresh work folder; the labels never leave this process;
+   a fresh work folder (with a targeted artifact, also the target classes,
+   ``HiddenData.with_targets``); the labels never leave this process;
 2. the notebook runs in the sandbox (:func:`autograder.run_notebook`) with the papermill
    parameters of its ``parameters`` cell: ``inputs_path``, ``labels_path = None``,
-   ``output_dir``, ``eps`` (grading.toml [threat] eps) and ``quick = False``;
-3. the artifact is scored HERE, in the trusted driver (the model is loaded here, never in the
+   ``output_dir``, ``eps`` (grading.toml [threat] eps; an artifact's own threat model adds its
+   ``param``), ``targets_path`` (targeted artifacts only) and ``quick = False``;
+3. the artifacts are scored HERE, in the trusted driver (the model is loaded here, never in the
    sandbox), by :func:`autograder.scoring.score_submission`; a run that crashed, timed out,
    was killed or left no valid artifact scores 0 with the reason;
 4. the driver writes ``autograded/<student>/<assignment>/results.json`` (Gradescope format,
@@ -139,7 +141,6 @@ def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden,
     and ``model`` is None; its ``score`` gets every artifact the run left."""
     from .scoring import score_submission
 
-    spec = config.artifact()
     if run is None:
         reason = f"the grader could not run the notebook: {error}"
         return _failed_result(config, reason), reason
@@ -159,17 +160,21 @@ def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden,
         elif missing and run.artifact_errors:
             result.problems += [f"{k}: {v}" for k, v in run.artifact_errors.items()]
         return result, ""
-    path = run.artifacts.get(spec.file)
-    if run.status not in ("ok", "error") or path is None:
+    got = {a.file: run.artifacts[a.file] for a in config.artifacts if a.file in run.artifacts}
+    if run.status not in ("ok", "error") or not got:
         # crashed / timed out / killed, or no valid artifact: 0 points, the sandbox's reason
         reason = f"notebook run {run.status}: {run.reason}".strip()
+        if run.status == "ok" and run.artifact_errors:
+            reason += "; " + "; ".join(f"{k}: {v}" for k, v in run.artifact_errors.items())
         return _failed_result(config, reason), reason
-    # "error": a cell failed AFTER the artifact was saved (e.g. the notebook's own success
-    # check); the artifact is what is graded, the error is reported
-    result = score_submission(config, {spec.file: path}, hidden, model, queries=queries)
+    # "error": a cell failed AFTER an artifact was saved (e.g. the notebook's own success
+    # check); the artifacts are what is graded, the error is reported
+    result = score_submission(config, got, hidden, model, queries=queries)
     if run.status == "error":
-        result.problems.insert(0, f"the notebook stopped with an error after saving {spec.file}: "
-                                  f"{run.reason}")
+        result.problems.insert(0, f"the notebook stopped with an error after saving "
+                                  f"{', '.join(sorted(got))}: {run.reason}")
+    elif run.artifact_errors:
+        result.problems += [f"{k}: {v}" for k, v in run.artifact_errors.items()]
     return result, ""
 
 
@@ -532,9 +537,14 @@ def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: dict, tmp: Path, a
 def _write_inputs(folder: Path, hidden, unit, spec) -> tuple[dict, tuple]:
     """Write the files the sandbox may read; ({file name: path}, ((parameter, file name), ...))."""
     folder.mkdir()
-    if unit is None:  # attack / defense: the hidden inputs, nothing else
+    if unit is None:  # attack / defense: the hidden inputs (and a targeted unit's target classes)
         np.save(folder / "inputs.npy", hidden.x.numpy().astype(spec.dtype))
-        return {"inputs.npy": folder / "inputs.npy"}, (("inputs_path", "inputs.npy"),)
+        files, params = {"inputs.npy": folder / "inputs.npy"}, [("inputs_path", "inputs.npy")]
+        if hidden.targets is not None:
+            np.save(folder / "targets.npy", hidden.targets.numpy().astype(np.int64))
+            files["targets.npy"] = folder / "targets.npy"
+            params.append(("targets_path", "targets.npy"))
+        return files, tuple(params)
     paths = {}
     for name, content in hidden.inputs.items():
         paths[name] = folder / name
@@ -626,8 +636,10 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
     else:
         hidden = HiddenData.load(config, read_secret(course))
         model = maestro.models.load(config.model, home=home)
+    if unit is None:
+        hidden.with_targets(config, model, read_secret(course))
     spec = config.artifact()
-    params_base = {"labels_path": None, "eps": config.threat.eps if config.threat else None, "quick": False}
+    params_base = {"labels_path": None, **config.notebook_params(), "quick": False}
 
     scratch = _scratch_root(course)
     with tempfile.TemporaryDirectory(prefix=f"run-{os.getpid()}-", dir=scratch) as tmp:

@@ -45,7 +45,20 @@ METRIC_COLUMNS = {
     "certified_accuracy": ("certified acc.", "pct"),
     "attack_score": ("attack", "pct"),      # war: mean over opponents of the attack's cells
     "defense_score": ("defense", "pct"),    # war: mean over opponents of 1 − their attack's cell
+    "targeted_success_rate": ("targeted", "pct"),
 }
+
+
+def metric_column(key: str) -> tuple[str, str] | None:
+    """(title, kind) of a metric column, or None: a :data:`METRIC_COLUMNS` key, or the metric of
+    an attack's other artifact, ``"<artifact>.<metric>"`` (titled "success (x_adv_l2)")."""
+    if key in METRIC_COLUMNS:
+        return METRIC_COLUMNS[key]
+    artifact, _, base = key.partition(".")
+    if artifact and base in METRIC_COLUMNS:
+        title, kind = METRIC_COLUMNS[base]
+        return f"{title} ({artifact})", kind
+    return None
 
 
 @dataclass
@@ -119,8 +132,8 @@ class Row:
              "max_score": e.max_score, "submissions": self.submissions,
              "submitted_at": e.submitted_at, "duration_s": e.duration_s, "queries": e.queries}
         metrics = e.private_metrics if final else e.public_metrics
-        for key in METRIC_COLUMNS:
-            if key in metrics:
+        for key in metrics:
+            if metric_column(key) is not None:
                 d[key] = _json_number(metrics[key])
         if final:
             d["public_score"] = round(e.scaled("public"), 2)
@@ -310,10 +323,11 @@ def from_course(course, assignment: str, *, final: bool = False, pseudonyms: boo
 
 
 def board_metrics(config) -> tuple:
-    """The metric columns of an assignment's leaderboard: those its score terms use, plus
-    success rate and robust accuracy for attack units."""
-    used = [t.metric for t in config.terms]
-    return tuple(k for k in METRIC_COLUMNS if k in used or k in ("success_rate", "robust_accuracy"))
+    """The metric columns of an assignment's leaderboard: those its score terms use (another
+    artifact's as ``"<artifact>.<metric>"``), plus success rate and robust accuracy."""
+    used = [t.key for t in config.terms]
+    main = tuple(k for k in METRIC_COLUMNS if k in used or k in ("success_rate", "robust_accuracy"))
+    return main + tuple(k for k in used if "." in k and metric_column(k) is not None)
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -324,9 +338,12 @@ def _columns(board: Board) -> list[tuple[str, str, str]]:
     if board.final:
         cols += [("public_score", "public score", "score"), ("total_score", "total", "score")]
     rows = [r.as_dict(board.final) for r in board.rows]
-    for key, (title, kind) in METRIC_COLUMNS.items():
+    # another artifact's metrics only when a score term uses them (board_metrics): an artifact
+    # measures all of them, and a column each would bury the ones that count
+    keys = list(METRIC_COLUMNS) + [k for k in board.metrics if k not in METRIC_COLUMNS]
+    for key in dict.fromkeys(keys):
         if key in board.metrics or any(key in d for d in rows):
-            cols.append((key, title, kind))
+            cols.append((key, *metric_column(key)))
     if any(d.get("queries") is not None for d in rows):
         cols.append(("queries", "queries", "int"))
     cols += [("submissions", "subs.", "int"), ("submitted_at", "submitted", "time")]

@@ -54,12 +54,14 @@ class HiddenData:
     """The hidden inputs ``x`` (N×C×H×W, the exact order the notebook was given) and labels ``y``.
 
     ``public``: boolean mask of the public part (see :func:`public_mask`); ``None`` treats the
-    whole set as public.
+    whole set as public. ``targets``: the target class of each input for targeted artifacts
+    (see :meth:`with_targets`); the notebook is given them, like the inputs.
     """
 
     x: torch.Tensor | np.ndarray
     y: torch.Tensor | np.ndarray
     public: np.ndarray | None = None
+    targets: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.x = torch.as_tensor(np.asarray(self.x) if not isinstance(self.x, torch.Tensor) else self.x)
@@ -74,6 +76,24 @@ class HiddenData:
 
     def __repr__(self) -> str:  # never print the labels
         return f"HiddenData(n={len(self.y)}, x={tuple(self.x.shape)}, public={int(self.public.sum())})"
+
+    def with_targets(self, config: GradingConfig, model, secret: str | bytes) -> HiddenData:
+        """Set :attr:`targets` when ``config`` has a targeted artifact (else leave them None):
+        for each input, the class ``(model reading + 1 + r) mod C`` with r uniform in
+        [0, C − 2], drawn from the course secret — never the model's own reading, and made
+        without the hidden labels (the model's reading is no secret in a white-box unit; on the
+        examples that count, the clean-correct ones, it is the label). Returns ``self``."""
+        if not config.targeted:
+            return self
+        from maestro.datasets.splits import secret_seed
+
+        with torch.no_grad():
+            pred = model.predict(self.x.to(torch.float32)).cpu().long()
+        c = int(model.num_classes)
+        gen = torch.Generator().manual_seed(secret_seed(secret, config.split.salt, domain="maestro-targets"))
+        r = torch.randint(0, c - 1, pred.shape, generator=gen)
+        self.targets = (pred + 1 + r) % c
+        return self
 
     @classmethod
     def load(cls, config: GradingConfig, secret: str | bytes | None = None) -> HiddenData:
@@ -179,12 +199,14 @@ def load_artifact(path, *, dtype: str, shape: tuple[int, ...],
 
 
 # -- metrics -----------------------------------------------------------------------------
-def _metrics(x, x_adv, y, model, rows: np.ndarray) -> dict:
-    """Aggregate metrics on the rows ``rows`` (numbers only: no per-example values)."""
+def _metrics(x, x_adv, y, model, rows: np.ndarray, targets=None) -> dict:
+    """Aggregate metrics on the rows ``rows`` (numbers only: no per-example values); with
+    ``targets``, also the share of clean-correct rows that ``x_adv`` sends to their target."""
     idx = torch.from_numpy(np.flatnonzero(rows))
     xs, xa, ys = x[idx], x_adv[idx], y[idx]
     clean_ok = model.predict(xs).cpu() == ys
-    adv_wrong = model.predict(xa).cpu() != ys
+    adv_pred = model.predict(xa).cpu()
+    adv_wrong = adv_pred != ys
     hit = clean_ok & adv_wrong
     delta = (xa.double() - xs.double()).flatten(1)
     linf = delta.abs().amax(1) if delta.shape[1] else torch.zeros(len(delta), dtype=torch.double)
@@ -194,7 +216,7 @@ def _metrics(x, x_adv, y, model, rows: np.ndarray) -> dict:
     def med(v):
         return float(v[hit].median()) if hit.any() else float("nan")
 
-    return {
+    out = {
         "n": len(idx),
         "clean_accuracy": float(clean_ok.float().mean()) if len(idx) else float("nan"),
         "robust_accuracy": float((~adv_wrong).float().mean()) if len(idx) else float("nan"),
@@ -203,6 +225,10 @@ def _metrics(x, x_adv, y, model, rows: np.ndarray) -> dict:
         "median_l2": med(l2),
         "queries": None,  # white-box artifact: queries are not counted
     }
+    if targets is not None:
+        on_target = clean_ok & (adv_pred == torch.as_tensor(targets)[idx].cpu())
+        out["targeted_success_rate"] = float(on_target.sum()) / n_ok if n_ok else float("nan")
+    return out
 
 
 def _query_metrics(queries: int | None, n: int) -> dict:
@@ -223,15 +249,23 @@ def _fmt(metric: str, value) -> str:
 
 
 def _term_parts(terms: tuple[ScoreTerm, ...], metrics: dict, share: float, label: str,
-                visibility: str) -> list[Part]:
+                visibility: str, *, refused: dict | None = None, artifact_of: dict | None = None) -> list[Part]:
+    """One Part per term; ``refused`` (artifact key -> reason) with ``artifact_of`` (term name ->
+    artifact key): a term whose artifact is refused earns 0 with that reason."""
     earned: dict[str, float] = {}
     parts = []
     for term in terms:
-        value = metrics.get(term.metric)
         max_pts = term.points * share
+        why = (refused or {}).get((artifact_of or {}).get(term.name))
+        if why is not None:
+            earned[term.name] = 0.0
+            parts.append(Part(f"{label}: {term.name}", 0.0, round(max_pts, 4), why, visibility))
+            continue
+        value = metrics.get(term.key)
+        where = f"{term.artifact}: " if term.artifact else ""
         frac = term.fraction(value)
         direction = "≥" if term.full_at > term.zero_at else "≤"
-        reason = (f"{term.metric} = {_fmt(term.metric, value)} on the {label} part "
+        reason = (f"{where}{term.metric} = {_fmt(term.metric, value)} on the {label} part "
                   f"(0 points at {_fmt(term.metric, term.zero_at)}, full points at "
                   f"{direction} {_fmt(term.metric, term.full_at)})")
         if term.requires is not None and earned.get(term.requires, 0.0) <= 0:
@@ -282,8 +316,11 @@ def score_parts(config: GradingConfig, metrics: dict, problems: list[str], *, ki
                        kind=kind or config.kind)
 
 
+MISSING = "was not produced: the notebook must save it in output_dir (did every cell run without an error?)"
+
+
 def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData, model, *,
-                     queries: int | None = None) -> ScoreResult:
+                     queries: int | None = None, missing: str = MISSING) -> ScoreResult:
     """Score one submission.
 
     ``artifacts``: artifact file name (or its key in grading.toml) -> path of the file the
@@ -294,74 +331,99 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
     black-box unit, the ORACLE's model (the private build it served).
     ``queries``: what the grader's oracle counted for this run's token (black-box units); the
     ``queries_per_example`` metric is ``queries / len(hidden.x)`` for both parts (None: not
-    counted, and a queries term earns nothing).
+    counted, and a queries term earns nothing). ``missing``: what a missing attack artifact's
+    reason says after its file name (the server's uploads say how to send it).
     """
     if config.kind == "defense":
         return _score_defense(config, artifacts, hidden, model)
-    spec = config.artifact()
-    threat = config.threat.threat_model()
     x = hidden.x
-    pub = hidden.public
     shares = {"public": config.split.public_weight, "private": 1.0 - config.split.public_weight}
-    rows = {"public": pub, "private": ~pub}
-    path = artifacts.get(spec.file, artifacts.get(spec.key))
+    rows = {"public": hidden.public, "private": ~hidden.public}
     problems: list[str] = []
+    if config.targeted and hidden.targets is None:
+        raise ValueError(f"{config.id}: a targeted artifact needs the grader's targets "
+                         "(HiddenData.with_targets)")
 
-    x_adv = None
-    if path is None:
-        problems.append(f"{spec.file} was not produced: the notebook must save it in output_dir "
-                        "(did every cell run without an error?)")
-    else:
+    # every artifact: its array, or why it scores nothing; then its threat-model violations
+    loaded: dict[str, torch.Tensor] = {}
+    refused: dict[str, str] = {}  # artifact key -> reason (whole artifact)
+    found: dict[str, list] = {}
+    for spec in config.artifacts:
+        path = artifacts.get(spec.file, artifacts.get(spec.key))
+        if path is None:
+            refused[spec.key] = f"{spec.file} {missing}"
+            problems.append(refused[spec.key])
+            continue
         try:
-            x_adv = torch.from_numpy(load_artifact(path, dtype=spec.dtype,
-                                                   shape=spec.expected_shape(x.shape)))
+            loaded[spec.key] = torch.from_numpy(load_artifact(path, dtype=spec.dtype,
+                                                              shape=spec.expected_shape(x.shape)))
         except ArtifactRefused as err:
-            problems.append(str(err))
+            refused[spec.key] = str(err)
+            problems.append(refused[spec.key])
+            continue
+        found[spec.key] = config.threat_for(spec).threat_model().violations(
+            x.to(loaded[spec.key].dtype), loaded[spec.key])
 
     parts: list[Part] = []
     split_metrics: dict[str, dict] = {}
-    if x_adv is None:
-        for label in ("public", "private"):
-            if shares[label] > 0:
-                parts += _zero_parts(config, shares[label], label, label, problems[0])
-            split_metrics[label] = {"valid": False}
-    else:
-        found = threat.violations(x.to(x_adv.dtype), x_adv)
-        whole = [v for v in found if not v.indices]
-        for label in ("public", "private"):
-            if shares[label] <= 0:
-                continue
-            mask = rows[label]
-            broken = [t for v in found if (t := broken_rows(v, mask, spec.file, threat))]
-            if whole or broken:
-                why = "; ".join([str(v) for v in whole] + broken)
-                norm_rows = [i for v in found if v.rule == "norm" for i in v.indices]
-                if len(norm_rows) > len(x) // 2:
-                    why += (" — most rows are far from their inputs: x_adv must keep the row "
-                            "order of the inputs the notebook was given")
-                reason = f"{spec.file} breaks the threat model ({threat.describe()}): {why}"
-                problems.append(f"{label} part: {reason}")
-                parts += _zero_parts(config, shares[label], label, label, reason)
-                split_metrics[label] = {"valid": False}
-                continue
-            m = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, mask)
+    for label in ("public", "private"):
+        if shares[label] <= 0:
+            continue
+        m, why = _artifact_metrics(config, loaded, found, hidden, model, rows[label], label)
+        why = {**refused, **why}
+        problems += [f"{label} part: {r}" for k, r in why.items() if k not in refused]
+        if m:
             m.update(_query_metrics(queries, len(x)))
-            m["valid"] = True
-            split_metrics[label] = m
-            parts += _term_parts(config.terms, m, shares[label], label, label)
+        m["valid"] = config.artifacts[0].key not in why
+        split_metrics[label] = m
+        parts += _term_parts(config.terms, m, shares[label], label, label, refused=why,
+                             artifact_of=_term_artifact_keys(config))
 
     score = round(sum(p.points for p in parts), 4)
-    public_metrics = split_metrics.get("public", {})
-    private_metrics = split_metrics.get("private", {})
-    overall = {}
-    if x_adv is not None and all(m.get("valid") for m in split_metrics.values()):
-        overall = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, np.ones(len(x), dtype=bool))
+    overall: dict = {"valid": False}
+    if loaded and all(m.get("valid") for m in split_metrics.values()):
+        overall, _ = _artifact_metrics(config, loaded, {}, hidden, model, np.ones(len(x), dtype=bool), "")
         overall.update(_query_metrics(queries, len(x)))
         overall["valid"] = True
-    else:
-        overall = {"valid": False}
-    return ScoreResult(score, config.max_score, parts, overall, public_metrics, private_metrics,
-                       passed=score >= config.pass_score, problems=problems)
+    return ScoreResult(score, config.max_score, parts, overall, split_metrics.get("public", {}),
+                       split_metrics.get("private", {}), passed=score >= config.pass_score,
+                       problems=problems)
+
+
+def _term_artifact_keys(config: GradingConfig) -> dict[str, str]:
+    """term name -> the key of the artifact it measures."""
+    first = config.artifacts[0].key
+    return {t.name: t.artifact or first for t in config.terms}
+
+
+def _artifact_metrics(config: GradingConfig, loaded: dict, found: dict, hidden: HiddenData, model,
+                      rows: np.ndarray, label: str) -> tuple[dict, dict]:
+    """(metrics of every valid artifact on ``rows``, named as :attr:`ScoreTerm.key` does;
+    {artifact key: why it is not scored on these rows}) — violations are checked per part."""
+    x = hidden.x
+    metrics: dict = {}
+    why: dict[str, str] = {}
+    for spec in config.artifacts:
+        if spec.key not in loaded:
+            continue
+        x_adv = loaded[spec.key]
+        threat = config.threat_for(spec).threat_model()
+        violations = found.get(spec.key, ())
+        whole = [v for v in violations if not v.indices]
+        broken = [t for v in violations if (t := broken_rows(v, rows, spec.file, threat))]
+        if whole or broken:
+            text = "; ".join([str(v) for v in whole] + broken)
+            norm_rows = [i for v in violations if v.rule == "norm" for i in v.indices]
+            if len(norm_rows) > len(x) // 2:
+                text += (" — most rows are far from their inputs: x_adv must keep the row "
+                         "order of the inputs the notebook was given")
+            why[spec.key] = f"{spec.file} breaks the threat model ({threat.describe()}): {text}"
+            continue
+        targets = hidden.targets if spec.targeted else None
+        m = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, rows, targets)
+        prefix = config.metric_prefix(spec)
+        metrics.update({prefix + k: v for k, v in m.items() if not (prefix and k in ("n", "queries"))})
+    return metrics, why
 
 
 def broken_rows(violation, rows: np.ndarray, file: str, threat) -> str:

@@ -101,3 +101,30 @@ def test_empty_board_renders():
     board = rank([], assignment="01-whitebox")
     assert "no graded submissions yet" in render_html(board)
     assert to_csv(board).splitlines()[0].startswith("rank,name,score")
+
+
+def test_an_attacks_other_artifacts_get_their_own_columns():
+    """01-whitebox scores x_adv_l2.npy and x_adv_targeted.npy beside x_adv.npy: their metrics are
+    columns of their own (CSV, HTML, JSON), titled after the artifact, from the score terms."""
+    from pathlib import Path
+
+    from autograder.config import load_config
+    from autograder.leaderboard import board_metrics
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "assignments" / "01-whitebox" / "grading.toml")
+    keys = board_metrics(cfg)
+    assert keys[:2] == ("success_rate", "robust_accuracy") and "median_l2" in keys
+    assert keys[-2:] == ("x_adv_l2.success_rate", "x_adv_targeted.targeted_success_rate")
+    e = Entry("ann", "01-whitebox", "2026-11-01T10:00:00+00:00", 90.0, 100.0, 45.0, 50.0, 45.0, 50.0,
+              {"success_rate": 0.95, "x_adv_l2.success_rate": 0.91, "x_adv_targeted.targeted_success_rate": 0.6,
+               "x_adv_l2.median_linf": 0.7, "x_adv_l2.n": 250}, {})
+    board = rank([e])
+    board.metrics = keys
+    header = to_csv(board).splitlines()[0].split(",")
+    assert "x_adv_l2.success_rate" in header and "x_adv_targeted.targeted_success_rate" in header
+    assert "x_adv_l2.n" not in header and "x_adv_l2.median_linf" not in header  # only what the terms use
+    row = next(csv.DictReader(io.StringIO(to_csv(board))))
+    assert float(row["x_adv_targeted.targeted_success_rate"]) == pytest.approx(0.6)
+    page = render_html(board)
+    assert "success (x_adv_l2)" in page and "targeted (x_adv_targeted)" in page and "60.0%" in page
+    assert board.as_dict()["rows"][0]["x_adv_l2.success_rate"] == pytest.approx(0.91)
