@@ -4,7 +4,7 @@
 2. ``nbgrader generate_assignment`` and ``release_assignment`` of ``01-whitebox`` (an exchange
    folder inside the course);
 3. seven simulated students ``fetch_assignment``, work in their copy and ``submit``: the reference
-   solution, a weaker one (FGSM only), a partial one (PGD with too few steps), the untouched stub,
+   solution, a weaker one (one-step attacks), a partial one (PGD with too few steps), the untouched stub,
    one whose kernel crashes, one that never ends, and one that quietly uses a larger eps;
 4. ``nbgrader collect``, then ``maestro autograde`` (sandboxed, 2 workers, hidden data);
 5. ``nbgrader generate_feedback`` beside Maestro's own feedback pages;
@@ -33,22 +33,27 @@ class Student:
     story: str
     code: dict | None        # grade_id -> code replacing the solution; None: hand in the stub
     expect: str              # "full" (≥ 95), "pass" (pass_score..95), "below" (0 < score < pass), "zero"
-    why: str = ""            # a word that must appear in the reason of a zero
+    why: str = ""            # words that must appear in the reason (first score line) of a zero or below
 
 
 STUDENTS = (
     Student("ada", "reference solution: PGD-40, then random restarts", {}, "full"),
-    Student("ben", "weaker: FGSM only", {"final_attack": "x_adv = fgsm(model, x, y, threat)"}, "below"),
-    Student("cy", "partial: PGD with only 2 steps, no restarts",
+    Student("ben", "weaker: one step in every part (FGSM and its L2 and targeted cousins)",
+            {"final_attack": "x_adv = fgsm(model, x, y, threat)",
+             "final_l2": "x_adv_l2 = pgd_l2(model, x, y, threat_l2, steps=1, step_size=threat_l2.eps, "
+                         "random_start=False)",
+             "final_targeted": "x_adv_targeted = pgd_targeted(model, x, target, threat, steps=1, "
+                               "step_size=threat.eps, random_start=False)"}, "below"),
+    Student("cy", "partial: the L∞ attack is PGD with only 2 steps, no restarts",
             {"final_attack": "x_adv = pgd(model, x, y, threat, steps=2, random_start=False)"}, "pass"),
     Student("dan", "hands in the released stub unchanged", None, "zero", "not implemented yet"),
     Student("eve", "crashes: the kernel dies (segfault) in fgsm",
             {"fgsm": "import ctypes\nctypes.string_at(0)  # reads address 0: the kernel dies"}, "zero",
             "kernel"),
     Student("fay", "times out: an endless loop in pgd", {"pgd": "while True:\n    pass"}, "zero", "time"),
-    Student("gus", "breaks the threat model: attacks with eps 0.3 instead of 0.2",
+    Student("gus", "breaks the threat model: attacks with L∞ eps 0.3 instead of 0.2 (his L2 file still counts)",
             {"final_attack": "threat = maestro.ThreatModel('linf', eps=0.3, bounds=(0.0, 1.0))\n"
-                             "x_adv = pgd(model, x, y, threat, steps=steps)"}, "zero", "threat model"),
+                             "x_adv = pgd(model, x, y, threat, steps=steps)"}, "below", "threat model"),
 )
 
 
@@ -196,7 +201,7 @@ def run_course_demo(folder="maestro-demo-course", *, quick: bool = False, worker
         else:
             ok = {"full": o.score >= 95, "pass": pass_score <= o.score < 95,
                   "below": 0 < o.score < pass_score,
-                  "zero": o.score == 0 and s.why.lower() in _reason(folder, s.id).lower()}[s.expect]
+                  "zero": o.score == 0}[s.expect] and s.why.lower() in _reason(folder, s.id).lower()
             ok = ok and o.state in ("graded", "failed")
             line = (_reason(folder, s.id)[:110] or "graded").replace("\n", " ")
         wrong += not ok

@@ -47,12 +47,29 @@ def _zoo_ready() -> bool:
     return (Path(maestro_home()) / "models" / "lenet-mnist").exists()
 
 
-def _variant(src: Path, dest: Path, grade_id: str, code: str) -> None:
+def _variant(src: Path, dest: Path, grade_id: str | dict, code: str = "") -> None:
+    """``src`` with the cell ``grade_id`` replaced by ``code`` (or each cell of a
+    {grade_id: code} dict), written to ``dest``."""
     nb = nbformat.read(src, as_version=4)
-    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-    cell.source = code
+    for gid, text in (grade_id if isinstance(grade_id, dict) else {grade_id: code}).items():
+        cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == gid)
+        cell.source = text
     dest.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dest)
+
+
+#: one-step attacks in all three parts (FGSM, one L2 step, one targeted step): ~41-46 points, below pass
+ONE_STEP = {
+    "final_attack": "x_adv = fgsm(model, x, y, threat)",
+    "final_l2": "x_adv_l2 = pgd_l2(model, x, y, threat_l2, steps=1, step_size=threat_l2.eps, random_start=False)",
+    "final_targeted": "x_adv_targeted = pgd_targeted(model, x, target, threat, steps=1, step_size=threat.eps, "
+                      "random_start=False)",
+}
+LINF_TERMS = ("attack success rate", "perturbation size")  # x_adv.npy's terms (the others: L2, targeted)
+
+
+def _linf_tests(results: dict) -> list:
+    return [t for t in results["tests"] if t["name"].split(": ", 1)[1] in LINF_TERMS]
 
 
 def _results(course: Path, who: str) -> dict:
@@ -136,10 +153,12 @@ def test_scores_and_reasons(course):
     assert ref["extra_data"]["maestro"]["sandbox"] == "bwrap"
     assert ref["leaderboard"] and (course / "autograded" / "ref" / A / NB).is_file()
     stub, crash, cheat = (_results(course, w) for w in ("stub", "crash", "cheat"))
-    for r in (stub, crash, cheat):
+    for r in (stub, crash):
         assert r["score"] == 0.0 and all(t["score"] == 0.0 for t in r["tests"])
+    # the cheat's x_adv breaks the threat model: its terms earn 0; its L2 and targeted files count
+    assert all(t["score"] == 0.0 for t in _linf_tests(cheat)) and 0 < cheat["score"] <= 30
     assert "NotImplementedError" in stub["tests"][0]["output"]
-    assert "x_adv.npy" in stub["tests"][0]["output"]
+    assert "not implemented yet" in stub["tests"][0]["output"]  # the first error, not a later one
     assert crash["extra_data"]["maestro"]["status"] == "crashed"
     assert "kernel" in crash["tests"][0]["output"].lower() or "crash" in crash["tests"][0]["output"]
     assert "threat model" in cheat["tests"][0]["output"]
@@ -155,9 +174,10 @@ def test_gradebook_holds_every_score(course):
     assert set(book) == {"ref", "stub", "crash", "cheat"}
     ref = _results(course, "ref")["score"]
     total, max_score = book["ref"]
-    assert max_score == 30  # the nbgrader points of the notebook's graded cells
+    assert max_score == 50  # the nbgrader points of the notebook's graded cells
     assert total == pytest.approx(ref / 100 * max_score, abs=1e-3)
-    assert [book[w][0] for w in ("stub", "crash", "cheat")] == [0.0, 0.0, 0.0]
+    assert [book[w][0] for w in ("stub", "crash")] == [0.0, 0.0]
+    assert book["cheat"][0] == pytest.approx(_results(course, "cheat")["score"] / 100 * max_score, abs=1e-3)
 
 
 @pytest.mark.slow
@@ -176,7 +196,7 @@ def test_feedback_shows_no_hidden_data(course):
             assert secret not in text
             for sep in ("", " ", ", ", ","):
                 assert sep.join(map(str, labels[:12])) not in text
-    assert "45 / 45" in (course / "autograded" / "ref" / A / "feedback.html").read_text()
+    assert "30 / 30" in (course / "autograded" / "ref" / A / "feedback.html").read_text()  # public L∞ success
     assert isinstance(labels, np.ndarray)
 
 
@@ -208,9 +228,8 @@ def test_resume_skips_and_force_regrades(course, capsys):
 def test_timeout_scores_zero_and_an_error_after_saving_still_counts(course):
     source = course / "source" / A / NB
     _variant(source, course / "submitted" / "slow" / A / NB, "fgsm", "import time\ntime.sleep(600)")
-    # FGSM only: x_adv is saved, then the notebook's own check (success > 90%) fails
-    _variant(source, course / "submitted" / "fgsm" / A / NB, "final_attack",
-             "x_adv = fgsm(model, x, y, threat)")
+    # one-step attacks: the arrays are saved, then the notebook's own check (success > 90%) fails
+    _variant(source, course / "submitted" / "fgsm" / A / NB, ONE_STEP)
     # monkeypatching maestro inside the kernel: its own checks pass, the grader's do not
     _variant(source, course / "submitted" / "patch" / A / NB, "final_attack",
              "maestro.ThreatModel.check = lambda self, *a, **k: None\n"
@@ -226,17 +245,18 @@ def test_timeout_scores_zero_and_an_error_after_saving_still_counts(course):
     patch = _results(course, "patch")
     # the patched ThreatModel.check let the notebook save an over-eps x_adv; the grader's did not
     assert patch["extra_data"]["maestro"]["status"] in ("ok", "error")
-    assert patch["score"] == 0.0 and "threat model" in patch["tests"][0]["output"]
+    assert all(t["score"] == 0.0 for t in _linf_tests(patch)) and "threat model" in patch["tests"][0]["output"]
     slow = _results(course, "slow")
     assert slow["score"] == 0.0 and slow["extra_data"]["maestro"]["status"] == "timeout"
     assert "25" in slow["tests"][0]["output"]
     fgsm = _results(course, "fgsm")
-    assert 30 < fgsm["score"] < 70  # FGSM alone: ~55, below pass_score
+    assert 30 < fgsm["score"] < 60  # one-step attacks: ~41-46, below pass_score
     meta = fgsm["extra_data"]["maestro"]
     assert meta["status"] == "error" and not meta["passed"]
-    assert "stopped with an error after saving x_adv.npy" in meta["problems"][0]
+    assert ("stopped with an error after saving x_adv.npy, x_adv_l2.npy, x_adv_targeted.npy"
+            in meta["problems"][0])
     book = _gradebook(course)
-    assert book["slow"][0] == 0.0 and book["fgsm"][0] == pytest.approx(fgsm["score"] * 0.3, abs=1e-3)
+    assert book["slow"][0] == 0.0 and book["fgsm"][0] == pytest.approx(fgsm["score"] * 0.5, abs=1e-3)
 
 
 @pytest.mark.slow
@@ -270,7 +290,9 @@ def test_leaderboard_from_the_course(course, capsys):
     assert set(by_name) == {"ref", "stub", "crash", "cheat", "slow", "fgsm", "patch"}
     assert rows[0]["name"] == "ref" and rows[0]["rank"] == "1"
     assert rows[1]["name"] == "fgsm" and rows[1]["rank"] == "2"
-    assert {r["rank"] for r in rows[2:]} == {"3"} and {float(r["score"]) for r in rows[2:]} == {0.0}
+    # cheat and patch: their x_adv breaks the threat model, their L2 and targeted files count
+    assert {r["name"] for r in rows[2:4]} == {"cheat", "patch"}
+    assert {r["rank"] for r in rows[4:]} == {"5"} and {float(r["score"]) for r in rows[4:]} == {0.0}
     assert by_name["stub"]["submissions"] == "2"  # the released stub, then its edited version
     assert by_name["crash"]["submissions"] == "1"  # --force on the same notebook: one submission
     assert float(rows[0]["success_rate"]) > 0.9
@@ -294,8 +316,8 @@ def test_killed_autograde_resumes_and_the_gradebook_stays_consistent(course):
     source = course / "source" / A / NB
     new = ["k1", "k2", "k3"]
     for i, who in enumerate(new):
-        _variant(source, course / "submitted" / who / A / NB, "final_attack",
-                 f"x_adv = fgsm(model, x, y, threat)  # variant {i}")
+        _variant(source, course / "submitted" / who / A / NB,
+                 {**ONE_STEP, "final_attack": f"x_adv = fgsm(model, x, y, threat)  # variant {i}"})
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen([str(BIN / "maestro"), "autograde", A, "--course", str(course), "--workers", "1"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -317,7 +339,7 @@ def test_killed_autograde_resumes_and_the_gradebook_stays_consistent(course):
     book = _gradebook(course)
     for who in new:
         score = _results(course, who)["score"]
-        assert 30 < score < 70 and book[who][0] == pytest.approx(score * 0.3, abs=1e-3)
+        assert 30 < score < 60 and book[who][0] == pytest.approx(score * 0.5, abs=1e-3)
     assert not list((course / "autograded").glob("*/*/.results.json.tmp"))
     # the killed grader's work folder (hidden inputs) was removed by the next run
     assert [p.name for p in (course / ".maestro" / "tmp").iterdir()] == []

@@ -77,7 +77,7 @@ def test_feedback_from_nbgrader_and_maestro_leaks_nothing_hidden(demo):
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
         assert (course / ".maestro" / "runs" / A / f"{who}.ipynb").is_file()  # the instructor's copy
     ada = (course / "feedback" / "ada" / A / "feedback.html").read_text()
-    assert "45 / 45" in ada and "scored after the deadline" in ada
+    assert "30 / 30" in ada and "scored after the deadline" in ada  # public L∞ success
     results = json.loads((course / "autograded" / "gus" / A / "results.json").read_text())
     assert "threat model" in results["tests"][0]["output"]
 
