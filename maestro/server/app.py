@@ -27,9 +27,10 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
 
 With ``[submissions]`` in server.toml (see :mod:`maestro.server.submissions`)::
 
-    GET  /v1/assignments, /v1/assignments/{id}     threat model, artifact spec, limits
-    GET  /v1/assignments/{id}/inputs               the hidden INPUTS (never labels), .npy
-    POST /v1/assignments/{id}/submissions          upload an artifact: 202 + submission id
+    GET  /v1/assignments, /v1/assignments/{id}     threat models, artifact specs, limits
+    GET  /v1/assignments/{id}/inputs               the hidden INPUTS (never labels), .npy;
+                                                   the target classes if an artifact is targeted
+    POST /v1/assignments/{id}/submissions          upload the artifacts: 202 + submission id
     GET  /v1/assignments/{id}/submissions          mine (instructors: everyone's)
     GET  /v1/submissions/{id}                      status and result (own only)
     GET  /v1/assignments/{id}/leaderboard          ranking JSON (instructors: ?final=true)
@@ -125,9 +126,17 @@ class NpyPayload(BaseModel):
 
 
 class SubmissionRequest(BaseModel):
-    artifact: NpyPayload = Field(
-        ..., description="the assignment's artifact (GET /v1/assignments/{id}: file, dtype, shape), "
-        "row i made from row i of GET /v1/assignments/{id}/inputs")
+    """Exactly one of ``artifact`` and ``artifacts``."""
+
+    model_config = ConfigDict(extra="forbid")
+    artifact: NpyPayload | None = Field(
+        None, description="the assignment's FIRST artifact (GET /v1/assignments/{id}: artifact: file, "
+        "dtype, shape), row i made from row i of GET /v1/assignments/{id}/inputs; for an assignment "
+        "with several artifacts the others then score 0")
+    artifacts: dict[str, NpyPayload] | None = Field(
+        None, description="several artifacts at once: artifact file name (or its key) -> its array "
+        "(GET /v1/assignments/{id}: artifacts, each with its file, dtype, shape, threat model and "
+        "whether it is targeted); at least one, any missing one scores 0 on its own terms")
 
 
 # -- errors (one shape, declared in the OpenAPI schema) ---------------------------------------
@@ -830,7 +839,7 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
     """The ``[submissions]`` endpoints (see the module docstring)."""
     from autograder.leaderboard import pseudonym, render_html
 
-    from .submissions import ArtifactRejected, check_artifact, student_view
+    from .submissions import ArtifactRejected, check_upload, student_view, uploads_of
 
     AssignmentId = Path(..., description="an assignment id from GET /v1/assignments")
     InputsFormat = Query("npy", description="'npy' ({\"npy_b64\": ...}, the default) or 'json'")
@@ -877,11 +886,15 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
         a = get_assignment(assignment)
         x = {"npy_b64": a.inputs_npy_b64()} if format == "npy" else arrays.encode(
             a.hidden.x.numpy().astype(a.spec.dtype), "json")
-        return {"assignment": a.id, "inputs": x, "shape": list(a.hidden.x.shape), "dtype": a.spec.dtype,
-                "threat": a.info(subcfg)["threat"]}
+        out = {"assignment": a.id, "inputs": x, "shape": list(a.hidden.x.shape), "dtype": a.spec.dtype,
+               "threat": a.info(subcfg)["threat"]}
+        targets = a.targets(format)
+        if targets is not None:  # the target class of each input (int64), for targeted artifacts
+            out["targets"] = targets
+        return out
 
     @app.post("/v1/assignments/{assignment}/submissions", tags=["submissions"], status_code=202,
-              summary="upload an artifact; it is graded in the background",
+              summary="upload an artifact (or several); it is graded in the background",
               responses=_errors(400, 403, 404, 413))
     def submit(who: Who, body: SubmissionRequest, response: Response, assignment: str = AssignmentId) -> dict:
         a = get_assignment(assignment)
@@ -890,7 +903,10 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
             raise HTTPException(403, f"the deadline of {a.id} ({subcfg.deadline.isoformat()}) has passed: "
                                 "uploads are closed")
         try:
-            data, digest = check_artifact(a, body.artifact.npy_b64)
+            uploads = uploads_of(a, None if body.artifact is None else body.artifact.npy_b64,
+                                 None if body.artifacts is None else
+                                 {k: v.npy_b64 for k, v in body.artifacts.items()})
+            data, digest = check_upload(a, uploads)
         except ArtifactRejected as err:
             raise _unprocessable(str(err)) from None
         limit = None if who.is_instructor or not subcfg.max_per_day else subcfg.max_per_day

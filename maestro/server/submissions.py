@@ -3,10 +3,16 @@ trusted scorer (:func:`autograder.scoring.score_submission`), and the live leade
 
 * :class:`Assignment` — one ``[submissions]`` assignment of a ``maestro course init`` course:
   its grading.toml, model, and hidden data (loaded with the course secret, kept in this
-  process; only the INPUTS ever leave it, through ``/v1/assignments/{id}/inputs``);
-* :func:`check_artifact` — an upload is read by the scorer's own safe loader
-  (:func:`autograder.scoring.load_artifact`: header, dtype and exact shape checked before any
-  data, never a pickle) from a private temporary folder, before it is queued;
+  process; only the INPUTS ever leave it, through ``/v1/assignments/{id}/inputs``, with the
+  grader's target classes when an artifact is targeted — the notebook gets those too);
+* :func:`check_upload` — an upload (one or several of the assignment's ``.npy`` artifacts) is
+  read by the scorer's own safe loader (:func:`autograder.scoring.load_artifact`: header, dtype
+  and exact shape checked before any data, never a pickle) from a private temporary folder,
+  before it is queued. Threat-model violations are not refused here: they are graded (0 points
+  on that artifact's terms, with the reason), as in a notebook run. The database keeps one blob
+  per submission: the raw ``.npy`` when the upload is the assignment's first artifact alone (as
+  every upload was before assignments had several artifacts), else an uncompressed zip of
+  ``<artifact file>`` members (:func:`pack`, read back by :func:`unpack`);
 * :class:`Grader` — a fixed number of threads per server process that take queued submissions
   from the database (:class:`maestro.server.db.Submissions`, safe across processes), score
   them and store the result; stopped cleanly, an unfinished submission goes back to the queue;
@@ -23,6 +29,7 @@ import base64
 import binascii
 import datetime as _dt
 import hashlib
+import io
 import json
 import logging
 import math
@@ -30,6 +37,7 @@ import os
 import socket
 import tempfile
 import threading
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +48,9 @@ from .db import Submissions
 
 log = logging.getLogger("maestro.server.submissions")
 _HEADER_SLACK = 4096  # what a .npy header may add (autograder.scoring allows the same)
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed: the same arrays give the same blob, the same sha256
 
 
 class ArtifactRejected(ValueError):
@@ -75,18 +86,35 @@ class Assignment:
         self.secret = read_secret(course)
         self.hidden = HiddenData.load(self.config, self.secret)
         self.model = maestro.models.load(self.config.model, home=home)
-        self.spec = self.config.artifact()
-        self.shape = self.spec.expected_shape(self.hidden.x.shape)
-        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.spec.dtype).itemsize
+        # targeted artifacts: the grader's target class of each input (None when there are none)
+        self.hidden.with_targets(self.config, self.model, self.secret)
+        self.specs = tuple(self.config.artifacts)
+        self.spec = self.specs[0]  # the artifact a one-artifact upload ({"artifact": ...}) is
+        self.shapes = {s.file: s.expected_shape(self.hidden.x.shape) for s in self.specs}
+        self.shape = self.shapes[self.spec.file]
         self._inputs_b64: str | None = None
+        self._targets_b64: str | None = None
         self._lock = threading.Lock()
 
     @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(s.file for s in self.specs)
+
+    def spec_for(self, name: str):
+        """The artifact called ``name`` (its file name or its key in grading.toml), or None."""
+        return next((s for s in self.specs if name in (s.file, s.key)), None)
+
+    def b64_limit(self, spec) -> int:
+        """The longest base64 text an upload of ``spec`` may be: its .npy with room for 8 bytes
+        per number, so that a float64 array gets the dtype message, not a size refusal."""
+        n = int(np.prod(self.shapes[spec.file], dtype=np.int64))
+        return 4 * math.ceil((8 * n + _HEADER_SLACK) / 3)
+
+    @property
     def max_upload_bytes(self) -> int:
-        """The largest request body an upload of this assignment may be: base64 of the .npy, with
-        room for 8 bytes per number, so that a float64 array gets the dtype message, not a 413."""
-        n = int(np.prod(self.shape, dtype=np.int64))
-        return 4 * math.ceil((8 * n + _HEADER_SLACK) / 3) + 1024
+        """The largest request body an upload of this assignment may be: every artifact at its
+        :meth:`b64_limit`, with room for the JSON around them."""
+        return sum(self.b64_limit(s) + 256 for s in self.specs) + 1024
 
     def inputs_npy_b64(self) -> str:
         """The hidden inputs (never the labels) as base64 ``.npy``, in the scorer's row order."""
@@ -98,9 +126,32 @@ class Assignment:
                 self._inputs_b64 = arrays.to_npy_b64(x)
             return self._inputs_b64
 
+    def targets(self, fmt: str):
+        """The target class of each input (int64, the inputs' row order) in wire format ``fmt``
+        ("npy" or "json"), or None when no artifact is targeted. The notebook gets them too
+        (``targets_path``): they are made from the model's readings, never from the labels."""
+        if self.hidden.targets is None:
+            return None
+        from . import arrays
+
+        t = self.hidden.targets.numpy().astype(np.int64)
+        if fmt != "npy":
+            return arrays.encode(t, "json")
+        with self._lock:
+            if self._targets_b64 is None:
+                self._targets_b64 = arrays.to_npy_b64(t)
+            return {"npy_b64": self._targets_b64}
+
+    def _artifact_info(self, spec) -> dict:
+        t = self.config.threat_for(spec)
+        return {"file": spec.file, "key": spec.key, "dtype": spec.dtype, "shape": list(self.shapes[spec.file]),
+                "threat": {"norm": t.norm, "eps": t.eps, "bounds": list(t.bounds), "atol": t.atol},
+                "targeted": bool(spec.targeted)}
+
     def info(self, cfg: SubmissionsConfig) -> dict:
         t = self.config.threat
         share = self.config.split.public_weight
+        several = ", ".join(f"\"{s.file}\": {{\"npy_b64\": ...}}" for s in self.specs)
         return {
             "id": self.id,
             "title": self.config.title or self.id,
@@ -110,6 +161,11 @@ class Assignment:
             "artifact": {"file": self.spec.file, "dtype": self.spec.dtype, "shape": list(self.shape),
                          "format": "{\"artifact\": {\"npy_b64\": <base64 of np.save(x_adv)>}}",
                          "row_order": "the rows of GET /v1/assignments/{id}/inputs, in that order"},
+            "artifacts": [self._artifact_info(s) for s in self.specs],
+            "artifacts_format": f"{{\"artifacts\": {{{several}}}}} (each optional: a missing one scores 0 "
+                                "on its own terms; {\"artifact\": ...} alone is the first one)",
+            "targeted": self.hidden.targets is not None,
+            "max_upload_bytes": self.max_upload_bytes,
             "inputs": len(self.hidden.x),
             "max_score": self.config.max_score,
             "pass_score": self.config.pass_score,
@@ -126,31 +182,110 @@ def load_assignments(cfg: SubmissionsConfig, course: Path, home=None) -> dict[st
 
 
 # -- uploads ----------------------------------------------------------------------------------
-def check_artifact(assignment: Assignment, npy_b64) -> tuple[bytes, str]:
-    """Decode and validate an upload with the scorer's loader; returns (bytes, sha256)."""
+def uploads_of(assignment: Assignment, artifact=None, artifacts=None) -> dict[str, str]:
+    """The request's arrays as {artifact file: base64 .npy}: ``artifact`` (base64) is the
+    assignment's first artifact; ``artifacts`` maps file names or keys to base64. Exactly one of
+    the two; at least one array; every name one of the assignment's artifacts, each given once."""
+    expected = ", ".join(assignment.files)
+    if (artifact is None) == (artifacts is None):
+        raise ArtifactRejected(f"give either \"artifact\" (the first artifact, {assignment.spec.file}) or "
+                               f"\"artifacts\" ({{file name: {{\"npy_b64\": ...}}}} for any of {expected})"
+                               + (", not both" if artifact is not None else ""))
+    if artifact is not None:
+        return {assignment.spec.file: artifact}
+    if not artifacts:
+        raise ArtifactRejected(f"artifacts: give at least one of {expected}")
+    out: dict[str, str] = {}
+    for name, b64 in artifacts.items():
+        spec = assignment.spec_for(name)
+        if spec is None:
+            raise ArtifactRejected(f"artifacts: {assignment.id} has no artifact {str(name)[:80]!r}; "
+                                   f"expected any of {expected} (file names or their keys: "
+                                   f"{', '.join(s.key for s in assignment.specs)})")
+        if spec.file in out:
+            raise ArtifactRejected(f"artifacts: {spec.file} is given twice (as its file name and its key)")
+        out[spec.file] = b64
+    return out
+
+
+def _decode(assignment: Assignment, spec, npy_b64) -> bytes:
+    """Base64 -> .npy bytes, validated by the scorer's loader (format, dtype, exact shape)."""
     from autograder.artifacts import ArtifactError
     from autograder.scoring import load_artifact
 
-    spec = assignment.spec
+    shape = assignment.shapes[spec.file]
     if not isinstance(npy_b64, str) or not npy_b64:
-        raise ArtifactRejected("artifact: expected {\"npy_b64\": <base64 of the .npy file>}")
-    if len(npy_b64) > assignment.max_upload_bytes:
-        raise ArtifactRejected(f"artifact: larger than an array of shape {tuple(assignment.shape)} and "
+        raise ArtifactRejected(f"{spec.file}: expected {{\"npy_b64\": <base64 of the .npy file>}}")
+    if len(npy_b64) > assignment.b64_limit(spec):
+        raise ArtifactRejected(f"{spec.file}: larger than an array of shape {tuple(shape)} and "
                                f"dtype {spec.dtype} needs")
     try:
         data = base64.b64decode(npy_b64, validate=True)
     except (binascii.Error, ValueError):
-        raise ArtifactRejected("artifact: npy_b64 is not valid base64") from None
+        raise ArtifactRejected(f"{spec.file}: npy_b64 is not valid base64") from None
     with tempfile.TemporaryDirectory(prefix="maestro-upload-") as tmp:  # 0700, removed after
-        path = Path(tmp) / spec.file
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        _write_private(Path(tmp), spec.file, data)
         try:
-            load_artifact(path, dtype=spec.dtype, shape=assignment.shape)
+            load_artifact(Path(tmp) / spec.file, dtype=spec.dtype, shape=shape)
         except ArtifactError as err:
-            raise ArtifactRejected(str(err)) from None
-    return data, hashlib.sha256(data).hexdigest()
+            raise ArtifactRejected(str(err)) from None  # it starts with the file name
+    return data
+
+
+def _write_private(folder: Path, name: str, data: bytes) -> None:
+    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def check_upload(assignment: Assignment, uploads: dict[str, str]) -> tuple[bytes, str]:
+    """Validate every array of :func:`uploads_of` with the scorer's loader; returns the blob to
+    store (see :func:`pack`) and its sha256."""
+    files = {spec.file: _decode(assignment, spec, uploads[spec.file])
+             for spec in assignment.specs if spec.file in uploads}
+    blob = pack(assignment, files)
+    return blob, hashlib.sha256(blob).hexdigest()
+
+
+def pack(assignment: Assignment, files: dict[str, bytes]) -> bytes:
+    """The stored blob of validated ``files`` (artifact file -> .npy bytes): the raw .npy when it
+    is the first artifact alone, else an uncompressed zip with one member per file (fixed dates
+    and order, so the same arrays give the same blob)."""
+    if list(files) == [assignment.spec.file]:
+        return files[assignment.spec.file]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name in assignment.files:
+            if name in files:
+                member = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+                member.external_attr = 0o600 << 16
+                zf.writestr(member, files[name], compress_type=zipfile.ZIP_STORED)
+    return buf.getvalue()
+
+
+def unpack(assignment: Assignment, blob: bytes) -> dict[str, bytes]:
+    """A stored blob back to {artifact file: .npy bytes}. Trusts nothing: only stored (not
+    compressed) members named exactly as one of the assignment's artifact files, each once and
+    no larger than that artifact may be; anything else is refused with ValueError."""
+    if blob.startswith(_NPY_MAGIC):
+        return {assignment.spec.file: blob}
+    if not blob.startswith(_ZIP_MAGIC):
+        raise ValueError("the stored upload is neither a .npy file nor a zip of .npy files")
+    out: dict[str, bytes] = {}
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        for member in zf.infolist():
+            name = member.filename
+            spec = next((s for s in assignment.specs if s.file == name), None)
+            if spec is None:
+                raise ValueError(f"the stored upload holds {name[:80]!r}, not one of {', '.join(assignment.files)}")
+            if name in out:
+                raise ValueError(f"the stored upload holds {name} twice")
+            if member.compress_type != zipfile.ZIP_STORED or member.file_size > 3 * assignment.b64_limit(spec) // 4:
+                raise ValueError(f"the stored upload's {name} is compressed or larger than its artifact may be")
+            out[name] = zf.read(member)
+    if not out:
+        raise ValueError("the stored upload holds no artifact")
+    return out
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -311,10 +446,13 @@ class Grader:
         sid = row["id"]
         a = self.assignments[row["assignment"]]
         try:
-            with tempfile.TemporaryDirectory(prefix="maestro-grade-") as tmp:
-                path = Path(tmp) / a.spec.file
-                path.write_bytes(data)
-                result = score_submission(a.config, {a.spec.file: path}, a.hidden, a.model)
+            files = unpack(a, data)
+            with tempfile.TemporaryDirectory(prefix="maestro-grade-") as tmp:  # 0700, removed after
+                for name, content in files.items():
+                    _write_private(Path(tmp), name, content)
+                result = score_submission(a.config, {name: Path(tmp) / name for name in files},
+                                          a.hidden, a.model,
+                                          missing="was not uploaded (send it in \"artifacts\" with the others)")
             entry = entry_for(a.config, row["student"], result, _iso(row["created"]), row["sha256"])
             self.subs.finish(sid, self.worker_id, status="graded", score=float(result.score),
                              max_score=float(result.max_score),
