@@ -118,6 +118,9 @@ def test_reference_notebook_runs_and_its_artifacts_pass(ref):
         assert cells[key].execution_count is not None
     printed = printed_text(ref["nb"])
     assert "estimated" in printed and "real" in printed and "great great great" in printed
+    # part 3 (not graded): the other tweet classifier, MiniLM, reads the same edited tweets and trigger
+    assert "with the same edited tweets (transferred)" in printed and "minilm-tweets: your trigger" in printed
+    assert cells["transfer"].execution_count is not None
     res = ref["kind"].score(ref["cfg"], ref["produced"], ref["prepared"])
     cfg = ref["cfg"]
     assert res.passed and res.score >= 90 and res.problems == [] and res.kind == "text-attack"
