@@ -63,13 +63,18 @@ def print_board(board, file=None) -> None:
         print("  no graded submissions yet", file=file)
         return
     width = max(len(str(d["name"])) for d in rows)
+    from .leaderboard import metric_column
+
     extra = [k for k in ("success_rate", "robust_accuracy", "clean_accuracy", "auc", "attack_score",
                          "defense_score") if k in rows[0]]
+    # another artifact's scored rate, e.g. "success (x_adv_l2)"
+    extra += [k for k in board.metrics if "." in k and k in rows[0] and metric_column(k)[1] == "pct"]
+    titles = {k: (metric_column(k)[0] if "." in k else k.replace("_", " ")) for k in extra}
     for d in rows:
         line = f"{d['rank']:>3}. {d['name']:<{width}}  {d['score']:6.1f}"
         if board.final:
             line += f"  (public {d['public_score']:5.1f}, total {d['total_score']:5.1f})"
-        line += "".join(f"  {k.replace('_', ' ')} {100 * d[k]:5.1f}%" for k in extra if d.get(k) is not None)
+        line += "".join(f"  {titles[k]} {100 * d[k]:5.1f}%" for k in extra if d.get(k) is not None)
         line += f"  ({d['submissions']} sub.)"
         print(line, file=file)
 

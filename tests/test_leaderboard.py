@@ -128,3 +128,8 @@ def test_an_attacks_other_artifacts_get_their_own_columns():
     page = render_html(board)
     assert "success (x_adv_l2)" in page and "targeted (x_adv_targeted)" in page and "60.0%" in page
     assert board.as_dict()["rows"][0]["x_adv_l2.success_rate"] == pytest.approx(0.91)
+    from autograder.cli import print_board
+
+    printed = io.StringIO()
+    print_board(board, file=printed)  # `maestro leaderboard` prints the same columns
+    assert "success rate  95.0%  success (x_adv_l2)  91.0%  targeted (x_adv_targeted)  60.0%" in printed.getvalue()
