@@ -20,7 +20,7 @@ copy) so neither grader sees the other's results, and in one run, on the same ma
 * ``maestro autograde 01-whitebox --workers 2`` (its CLI): each notebook in the bubblewrap
   sandbox (one fresh interpreter + papermill + kernel per submission, torch on one thread:
   ``OMP_NUM_THREADS=1`` in the sandbox's environment) on the 500 HIDDEN images, no labels;
-  x_adv.npy scored outside the sandbox, results.json + feedback + gradebook written.
+  its x_adv files scored outside the sandbox, results.json + feedback + gradebook written.
 
 Both do the same kind of work per submission (start a kernel, import torch + maestro, load
 lenet-mnist, attack 500 MNIST images), not the same work: nbgrader also runs the hidden tests
@@ -276,14 +276,16 @@ t1 = time.perf_counter()
 cfg = load_config(REPO_ASSIGNMENTS / "01-whitebox" / "grading.toml")
 hidden = HiddenData.load(cfg, "benchmark-secret")
 model = maestro.models.load(cfg.model)
+hidden.with_targets(cfg, model, "benchmark-secret")  # the targeted artifact's target classes
 t2 = time.perf_counter()
 with tempfile.TemporaryDirectory() as tmp:
-    path = tmp + "/x_adv.npy"
-    np.save(path, hidden.x.numpy().astype("float32"))
+    files = {a.file: tmp + "/" + a.file for a in cfg.artifacts}  # every artifact the unit scores
+    for path in files.values():
+        np.save(path, hidden.x.numpy().astype("float32"))
     times = []
     for _ in range(5):
         s = time.perf_counter()
-        score_submission(cfg, {"x_adv.npy": path}, hidden, model)
+        score_submission(cfg, files, hidden, model)
         times.append(time.perf_counter() - s)
 times.sort()
 print(json.dumps({"imports": t1 - t0, "hidden_and_model": t2 - t1, "score": times[2]}))
@@ -477,9 +479,9 @@ def main(argv=None) -> None:
         print("\n== maestro autograde vs nbgrader autograde")
         print("nbgrader: `nbgrader autograde 01-whitebox`, one notebook at a time, no sandbox, on the "
               "notebook's DEFAULT parameters (500 public dev images), hidden test cells restored, "
-              f"--Execute.timeout={timeout_s}; points of the test cells (/30) into the gradebook.")
+              f"--Execute.timeout={timeout_s}; points of the test cells (/50) into the gradebook.")
         print(f"maestro:  `maestro autograde 01-whitebox --workers {args.workers}`, each notebook in "
-              "bubblewrap on the 500 HIDDEN images (no labels), x_adv.npy scored outside the "
+              "bubblewrap on the 500 HIDDEN images (no labels), its three x_adv files scored outside the "
               "sandbox (/100), results.json + feedback.html + gradebook.")
         base, subs = make_course(root / "course", n, args.workers)
         print("submissions: " + ", ".join(f"{w} {k}" for w, k, _ in subs))
