@@ -218,7 +218,9 @@ def _cell_times_papermill(nb) -> dict[str, float]:
     return out
 
 
-ATTACK_CELLS = ("fgsm", "test_fgsm", "pgd", "test_pgd", "final_attack", "save", "test_artifact")
+ATTACK_CELLS = ("fgsm", "test_fgsm", "pgd", "test_pgd", "pgd_l2", "test_pgd_l2", "pgd_targeted",
+                "test_pgd_targeted", "final_attack", "save", "final_l2", "save_l2", "final_targeted",
+                "save_targeted", "test_artifact")
 
 
 def nbgrader_results(course: Path, subs) -> dict[str, dict]:
