@@ -26,6 +26,10 @@ class ArtifactError(ValueError):
     """An artifact that cannot be accepted; the message is meant for the student."""
 
 
+class ArtifactTooLarge(ArtifactError):
+    """An artifact over its size cap (refused before its data is read)."""
+
+
 def check_name(name: str) -> None:
     """Raise :class:`ArtifactError` unless ``name`` is a plain file name with a data extension."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
@@ -82,8 +86,8 @@ def read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes:
     if st.st_nlink != 1:
         raise ArtifactError(f"artifact {name!r} is a hard link; write the data itself")
     if st.st_size > max_bytes:
-        raise ArtifactError(f"artifact {name!r} is too large: {st.st_size} bytes "
-                            f"(limit {max_bytes})")
+        raise ArtifactTooLarge(f"artifact {name!r} is too large: {st.st_size} bytes "
+                               f"(limit {max_bytes})")
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as err:
@@ -97,8 +101,25 @@ def read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes:
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise ArtifactError(f"artifact {name!r} is too large (limit {max_bytes} bytes)")
+        raise ArtifactTooLarge(f"artifact {name!r} is too large (limit {max_bytes} bytes)")
     return data
+
+
+def read_file(path: str | os.PathLike[str], max_bytes: int, *, too_large: str | None = None) -> bytes:
+    """The bytes of the artifact file ``path`` with the checks of :func:`read_regular` (plain
+    name, folder not a symlink, regular single-link file, at most ``max_bytes``); ``too_large``:
+    the message of the :class:`ArtifactTooLarge` raised over the cap (say what the file should hold)."""
+    path = Path(path)
+    check_name(path.name)
+    dir_fd = open_folder(path.parent)
+    try:
+        return read_regular(dir_fd, path.name, max_bytes)
+    except ArtifactTooLarge:
+        if too_large is None:
+            raise
+        raise ArtifactTooLarge(too_large) from None
+    finally:
+        os.close(dir_fd)
 
 
 def open_folder(path: Path) -> int:
@@ -153,10 +174,4 @@ def collect(folder: Path, expected: list[str], dest: Path, *, max_bytes: int = 6
 
 def load(path: str | os.PathLike[str], *, max_bytes: int = 64 * 2**20) -> Any:
     """Load one artifact safely (the same checks as :func:`collect`); raises ArtifactError."""
-    path = Path(path)
-    check_name(path.name)
-    dir_fd = open_folder(path.parent)
-    try:
-        return parse(path.name, read_regular(dir_fd, path.name, max_bytes))
-    finally:
-        os.close(dir_fd)
+    return parse(Path(path).name, read_file(path, max_bytes))

@@ -26,14 +26,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .artifacts import ArtifactError, check_name, open_folder, read_regular
+from .artifacts import ArtifactError, read_file
 from .config import GradingConfig, ScoreTerm
 
 __all__ = ["ArtifactRefused", "HiddenData", "Part", "ScoreResult", "load_artifact",
@@ -152,18 +151,9 @@ def load_artifact(path, *, dtype: str, shape: tuple[int, ...],
     name = path.name
     want = np.dtype(_DTYPES[dtype])
     limit = int(np.prod(shape, dtype=np.int64)) * want.itemsize + _HEADER_SLACK
-    check_name(name)
-    dir_fd = open_folder(path.parent)
-    try:
-        # headroom, so that a float64 or int64 array gets the dtype message from its header below
-        data = read_regular(dir_fd, name, 8 * limit)
-    except ArtifactError as err:
-        if "too large" not in str(err):
-            raise
-        raise ArtifactError(f"{name} is larger than an array of shape {tuple(shape)} and dtype {dtype} "
-                            "needs; save exactly that array") from None
-    finally:
-        os.close(dir_fd)
+    # headroom, so that a float64 or int64 array gets the dtype message from its header below
+    data = read_file(path, 8 * limit, too_large=f"{name} is larger than an array of shape {tuple(shape)} "
+                     f"and dtype {dtype} needs; save exactly that array")
     with io.BytesIO(data) as fh:
         try:
             version = np.lib.format.read_magic(fh)
@@ -478,18 +468,10 @@ def load_weights(path, *, arch: str, config: dict, dtype: str = "float32", label
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     want = _ST_DTYPES[dtype]
     need = sum(int(np.prod(s, dtype=np.int64)) for s in expected.values()) * np.dtype(_DTYPES[dtype]).itemsize
-    check_name(name)
-    dir_fd = open_folder(path.parent)
-    try:
-        # headroom: a float64 file of the right tensors still gets the dtype message below
-        data = read_regular(dir_fd, name, 8 + _ST_HEADER_MAX + 2 * need)
-    except ArtifactError as err:
-        if "too large" not in str(err):
-            raise
-        raise ArtifactRefused(f"{name} is much larger than the weights of {what} ({need} bytes as "
-                              f"{dtype}); save only the trained module's state_dict") from None
-    finally:
-        os.close(dir_fd)
+    # headroom: a float64 file of the right tensors still gets the dtype message below
+    data = read_file(path, 8 + _ST_HEADER_MAX + 2 * need,
+                     too_large=f"{name} is much larger than the weights of {what} ({need} bytes as "
+                     f"{dtype}); save only the trained module's state_dict")
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise ArtifactRefused(f"{name} is a PyTorch/pickle file (torch.save), not safetensors; pickles "
                               "are never loaded. Save with safetensors.torch.save_file("

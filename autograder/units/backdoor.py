@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,25 +447,17 @@ def _load_rows(path: Path, dtype: str, row_shape: tuple[int, ...], budget: int) 
     """An n×``row_shape`` array with n ≤ ``budget`` rows: the header is read first (the file
     checks of :mod:`autograder.artifacts`, no data) to learn n and say "too many rows" plainly,
     then :func:`autograder.scoring.load_artifact` reads the file for that exact shape."""
-    from ..artifacts import ArtifactError, check_name, open_folder, read_regular
+    from ..artifacts import read_file
     from ..scoring import ArtifactRefused, load_artifact
 
     name = path.name
     want = np.dtype(dtype)
     row = int(np.prod(row_shape, dtype=np.int64)) * want.itemsize
     cast = "x.astype(np.float32)" if want.kind == "f" else "y.astype(np.int64)"
-    check_name(name)
-    dir_fd = open_folder(path.parent)
-    try:
-        # room for far more rows than allowed: "too many rows" is then said from the header
-        data = read_regular(dir_fd, name, 4096 + 64 * max(budget, 16) * max(row, 8))
-    except ArtifactError as err:
-        if "too large" not in str(err):
-            raise
-        raise ArtifactRefused(f"{name} is far larger than {budget} rows of shape {tuple(row_shape)} "
-                              f"({dtype}) need: the budget is {budget} poisoned training points") from None
-    finally:
-        os.close(dir_fd)
+    # room for far more rows than allowed: "too many rows" is then said from the header
+    data = read_file(path, 4096 + 64 * max(budget, 16) * max(row, 8),
+                     too_large=f"{name} is far larger than {budget} rows of shape {tuple(row_shape)} "
+                     f"({dtype}) need: the budget is {budget} poisoned training points")
     with io.BytesIO(data) as fh:
         try:
             version = np.lib.format.read_magic(fh)

@@ -319,18 +319,17 @@ class TextAttackKind(Kind):
     def _read(artifacts: dict, name: str, max_items: int):
         """The array in artifact ``name`` whose length may vary (the trigger), read by the safe
         loader of :mod:`autograder.artifacts` (regular file, size cap, no pickle), or (None, reason)."""
-        from ..artifacts import ArtifactError, load
+        from ..artifacts import ArtifactError, ArtifactTooLarge, load
 
         path = artifacts.get(name)
         if path is None:
             return None, _not_produced(name)
         try:
             array = load(Path(path), max_bytes=16 * max_items + _HEADER_SLACK)
+        except ArtifactTooLarge:
+            return None, f"{name} is much larger than the token ids it should hold; save exactly that array"
         except ArtifactError as err:
-            text = str(err)
-            if "too large" in text:
-                text = f"{name} is much larger than the token ids it should hold; save exactly that array"
-            return None, text
+            return None, str(err)
         if not isinstance(array, np.ndarray) or array.dtype.hasobject:
             return None, f"{name} is not a plain int64 array (save it with np.save)"
         if array.dtype.kind != "i" or array.dtype.itemsize != 8:
