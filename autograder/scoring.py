@@ -239,14 +239,14 @@ def _fmt(metric: str, value) -> str:
 
 
 def _term_parts(terms: tuple[ScoreTerm, ...], metrics: dict, share: float, label: str,
-                visibility: str, *, refused: dict | None = None, artifact_of: dict | None = None) -> list[Part]:
-    """One Part per term; ``refused`` (artifact key -> reason) with ``artifact_of`` (term name ->
-    artifact key): a term whose artifact is refused earns 0 with that reason."""
+                visibility: str, *, refused: dict | None = None, first: str | None = None) -> list[Part]:
+    """One Part per term; ``refused`` (artifact key -> reason; ``first``: the key of the artifact
+    of the terms that name none): a term whose artifact is refused earns 0 with that reason."""
     earned: dict[str, float] = {}
     parts = []
     for term in terms:
         max_pts = term.points * share
-        why = (refused or {}).get((artifact_of or {}).get(term.name))
+        why = (refused or {}).get(term.artifact or first)
         if why is not None:
             earned[term.name] = 0.0
             parts.append(Part(f"{label}: {term.name}", 0.0, round(max_pts, 4), why, visibility))
@@ -367,7 +367,7 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
         m["valid"] = config.artifacts[0].key not in why
         split_metrics[label] = m
         parts += _term_parts(config.terms, m, shares[label], label, label, refused=why,
-                             artifact_of=_term_artifact_keys(config))
+                             first=config.artifacts[0].key)
 
     score = round(sum(p.points for p in parts), 4)
     overall: dict = {"valid": False}
@@ -378,12 +378,6 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
     return ScoreResult(score, config.max_score, parts, overall, split_metrics.get("public", {}),
                        split_metrics.get("private", {}), passed=score >= config.pass_score,
                        problems=problems)
-
-
-def _term_artifact_keys(config: GradingConfig) -> dict[str, str]:
-    """term name -> the key of the artifact it measures."""
-    first = config.artifacts[0].key
-    return {t.name: t.artifact or first for t in config.terms}
 
 
 def _artifact_metrics(config: GradingConfig, loaded: dict, found: dict, hidden: HiddenData, model,
