@@ -359,7 +359,7 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
     for label in ("public", "private"):
         if shares[label] <= 0:
             continue
-        m, why = _artifact_metrics(config, loaded, found, hidden, model, rows[label], label)
+        m, why = _artifact_metrics(config, loaded, found, hidden, model, rows[label])
         why = {**refused, **why}
         problems += [f"{label} part: {r}" for k, r in why.items() if k not in refused]
         if m:
@@ -372,7 +372,7 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
     score = round(sum(p.points for p in parts), 4)
     overall: dict = {"valid": False}
     if loaded and all(m.get("valid") for m in split_metrics.values()):
-        overall, _ = _artifact_metrics(config, loaded, {}, hidden, model, np.ones(len(x), dtype=bool), "")
+        overall, _ = _artifact_metrics(config, loaded, {}, hidden, model, np.ones(len(x), dtype=bool))
         overall.update(_query_metrics(queries, len(x)))
         overall["valid"] = True
     return ScoreResult(score, config.max_score, parts, overall, split_metrics.get("public", {}),
@@ -381,7 +381,7 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
 
 
 def _artifact_metrics(config: GradingConfig, loaded: dict, found: dict, hidden: HiddenData, model,
-                      rows: np.ndarray, label: str) -> tuple[dict, dict]:
+                      rows: np.ndarray) -> tuple[dict, dict]:
     """(metrics of every valid artifact on ``rows``, named as :attr:`ScoreTerm.key` does;
     {artifact key: why it is not scored on these rows}) — violations are checked per part."""
     x = hidden.x
