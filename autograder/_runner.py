@@ -17,7 +17,7 @@ import sys
 sys.modules.setdefault("rfc3987_syntax", None)
 
 
-def _capped_engine(max_bytes: int, iopub_seconds: float):
+def _capped_engine(max_bytes: int, iopub_seconds: float, skip_tag: str):
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
 
@@ -61,10 +61,13 @@ def _capped_engine(max_bytes: int, iopub_seconds: float):
 
             # nbclient waits only 4 s, after a cell's reply, for the output still queued; a
             # busy machine draining a cell that printed a lot needs longer (CI saw exactly
-            # that). The sandbox's wall clock bounds the whole run anyway.
+            # that). The sandbox's wall clock bounds the whole run anyway. Cells tagged
+            # `skip_tag` (the grader's, autograder/testcells.py) are not run; a student's own
+            # "skip-execution" tags are ignored, as in their JupyterLab.
             return CappedClient(nb_man, timeout=execution_timeout, startup_timeout=start_timeout,
                                 kernel_name=kernel_name, log=logger, log_output=False,
-                                iopub_timeout=iopub_seconds, **kwargs).execute()
+                                iopub_timeout=iopub_seconds, skip_cells_with_tag=skip_tag,
+                                **kwargs).execute()
 
     return CappedEngine
 
@@ -113,7 +116,8 @@ def main() -> int:
         from papermill.engines import papermill_engines
 
         papermill_engines.register("maestro-capped", _capped_engine(
-            int(config["output_bytes"]), int(config.get("wall_seconds", 3600)) + 1))
+            int(config["output_bytes"]), int(config.get("wall_seconds", 3600)) + 1,
+            str(config.get("skip_tag", "maestro-skip"))))
         _record_kernel_processes()
         try:
             nb = papermill.execute_notebook(

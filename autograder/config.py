@@ -6,7 +6,10 @@ table and the key. The file format (see ``assignments/01-whitebox/grading.toml``
 
     [assignment]  id, title, model, dataset, max_score, pass_score, kind ("attack" | "defense" | a unit kind)
     [threat]      norm, eps, bounds, atol          -> maestro.ThreatModel
-    [notebook]    file, labels ("model-predictions": hidden labels never reach the sandbox), timeout_s
+    [notebook]    file, labels ("model-predictions": hidden labels never reach the sandbox), timeout_s,
+                  test_cells ("skip": the grader leaves unrun the released test cells that a
+                  submission holds unchanged and nothing else reads, see autograder/testcells.py;
+                  "run": every cell runs)
     [artifacts.NAME]  file, dtype, shape ("inputs" or a list of ints)             (attack: *.npy)
                       threat = { norm, eps, param }, targeted = true              (attack, optional)
     [artifacts.NAME]  file, format = "safetensors", dtype, architecture           (defense)
@@ -175,6 +178,7 @@ class NotebookSpec:
     file: str = ""
     labels: str = "model-predictions"
     timeout_s: int = 300
+    test_cells: str = "skip"  # "skip": unchanged test cells nothing reads are not run (testcells.py)
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,7 @@ def parse_config(raw: dict, where: str = "grading.toml") -> GradingConfig:
         nb.get("file", str, ""),
         nb.get("labels", str, "model-predictions", check=_one_of(LABEL_MODES)),
         nb.get("timeout_s", int, 300, check=lambda v: None if v > 0 else "must be > 0"),
+        nb.get("test_cells", str, "skip", check=_one_of(("skip", "run"))),
     )
     nb.done()
 

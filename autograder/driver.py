@@ -8,7 +8,9 @@ For each ``submitted/<student>/<assignment>/<notebook>.ipynb`` (nbgrader's layou
 2. the notebook runs in the sandbox (:func:`autograder.run_notebook`) with the papermill
    parameters of its ``parameters`` cell: ``inputs_path``, ``labels_path = None``,
    ``output_dir``, ``eps`` (grading.toml [threat] eps; an artifact's own threat model adds its
-   ``param``), ``targets_path`` (targeted artifacts only) and ``quick = False``;
+   ``param``), ``targets_path`` (targeted artifacts only) and ``quick = False``. Test cells
+   the grade does not need are not run (grading.toml ``[notebook] test_cells``, see
+   :mod:`autograder.testcells`): the grade comes from the artifacts;
 3. the artifacts are scored HERE, in the trusted driver (the model is loaded here, never in the
    sandbox), by :func:`autograder.scoring.score_submission`; a run that crashed, timed out,
    was killed or left no valid artifact scores 0 with the reason;
@@ -54,6 +56,8 @@ from .course import gradebook, load_settings, read_secret
 from .leaderboard import Entry, append_history
 from .oracle import OracleJob
 from .sandbox import Limits, RunResult, probe_bwrap, run_notebook
+from .testcells import NOTE as SKIP_NOTE
+from .testcells import mark_skipped, plan_skips, unmark_skipped
 
 __all__ = ["Outcome", "autograde", "feedback_html", "find_submissions"]
 
@@ -224,24 +228,28 @@ def history_entry(config: GradingConfig, student: str, result, nb: Path, digest:
                              duration_s=round(run.duration, 2) if run else None, status=status)
 
 
-def _keep_executed(course: Path, assignment: str, who: str, executed: Path, dest: Path) -> None:
+def _keep_executed(course: Path, assignment: str, who: str, executed: Path, dest: Path,
+                   not_run=()) -> None:
     """The executed notebook, twice: whole (outputs included) for the instructor under
     ``.maestro/runs/<assignment>/<student>.ipynb``, and with every output removed in
     ``autograded/`` — the copy ``nbgrader generate_feedback`` turns into the student's feedback.
     The outputs were made on the hidden inputs (a student's code could print them), so they
-    never go back to students; what went wrong is in feedback.html."""
+    never go back to students; what went wrong is in feedback.html. The test cells ``not_run``
+    lose the grader's skip tag and, in both copies, say that they were not run."""
     import nbformat
 
     runs = course / ".maestro" / "runs" / assignment
     runs.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(executed, runs / f"{who}.ipynb")
     try:
         nb = nbformat.read(executed, as_version=4)
-    except Exception:  # a notebook the kernel left unreadable: nothing for feedback
+    except Exception:  # a notebook the kernel left unreadable: the instructor gets the bytes
+        shutil.copyfile(executed, runs / f"{who}.ipynb")
         return
+    unmark_skipped(nb, not_run, note=True)
+    _write_atomic(runs / f"{who}.ipynb", nbformat.writes(nb))
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = []
+            cell.outputs = [o for o in cell.outputs if o.get("text") == SKIP_NOTE]
             cell.execution_count = None
     nb.metadata.pop("papermill", None)
     _write_atomic(dest, nbformat.writes(nb))
@@ -257,10 +265,11 @@ def _num(v) -> str:
 
 
 def feedback_html(config: GradingConfig, student: str, gradescope: dict, result, *,
-                  status: str, reason: str, graded_at: str) -> str:
+                  status: str, reason: str, graded_at: str, not_run=()) -> str:
     """A small self-contained HTML page: score, the visible parts with their reasons and the
     public metrics. Only what results.json shows as visible: aggregate numbers, never hidden
-    labels, predictions or images. Everything is HTML-escaped."""
+    labels, predictions or images. Everything is HTML-escaped. ``not_run``: the test cells the
+    grader left unrun (:mod:`autograder.testcells`)."""
     e = html.escape
     rows = []
     hidden_pts = 0.0
@@ -300,6 +309,9 @@ def feedback_html(config: GradingConfig, student: str, gradescope: dict, result,
         f"<p>Score so far: <b>{round(visible, 2):g} / {visible_max:g}</b> (public part)</p>\n{later}\n"
         f"<pre>{e(gradescope['output'])}</pre>\n"
         + (f"<p>Run: {e(reason)}</p>\n" if reason else "")
+        + (f"<p>Test cells the grader did not run (unchanged from the release, and no other "
+           f"cell uses what they define; your grade comes from the files your notebook "
+           f"saves): {e(', '.join(not_run))}</p>\n" if not_run else "")
         + "<table><tr><th>part</th><th>points</th><th>why</th></tr>\n" + "\n".join(rows)
         + "</table>\n" + problems + metrics + "\n</body></html>\n"
     )
@@ -555,6 +567,34 @@ def _write_inputs(folder: Path, hidden, unit, spec) -> tuple[dict, tuple]:
     return paths, tuple(sorted(hidden.input_params().items()))
 
 
+def _released(course: Path, assignment: str, name: str):
+    """The notebook the students got (``release/<assignment>/<name>``), or None."""
+    import nbformat
+
+    try:
+        return nbformat.read(course / "release" / assignment / name, as_version=4)
+    except Exception:
+        return None
+
+
+def _prepare(nb: Path, released, folder: Path) -> tuple[Path, list[str]]:
+    """(the notebook to run, the test cells tagged to be skipped in it): a copy of ``nb`` in
+    ``folder`` when :func:`autograder.testcells.plan_skips` finds cells, else ``nb`` itself."""
+    import nbformat
+
+    try:
+        node = nbformat.read(nb, as_version=4)
+        ids = plan_skips(node, released)
+    except Exception:  # an unreadable notebook runs as it is: the runner reports what is wrong
+        return nb, []
+    if not ids:
+        return nb, []
+    mark_skipped(node, ids)
+    folder.mkdir(parents=True)
+    (folder / nb.name).write_text(nbformat.writes(node), encoding="utf-8")
+    return folder / nb.name, ids
+
+
 def autograde(course, assignment: str, *, student: str | None = None, workers: int | None = None,
               timeout: float | None = None, force: bool = False, progress: bool | None = None,
               scheduler: str | None = None, home=None, log=None) -> list[Outcome]:
@@ -645,6 +685,15 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
     with tempfile.TemporaryDirectory(prefix=f"run-{os.getpid()}-", dir=scratch) as tmp:
         tmp = Path(tmp)
         inputs, input_params = _write_inputs(tmp / "inputs", hidden, unit, spec)
+        not_run: dict[str, list[str]] = {}
+        to_run = todo
+        if config.notebook.test_cells == "skip":
+            released = _released(course, assignment, config.notebook.file or next(iter(todo.values()))[0].name)
+            to_run = {}
+            for who, (nb, digest) in todo.items():
+                folder = tmp / "notebooks" / hashlib.sha256(who.encode()).hexdigest()
+                path, not_run[who] = _prepare(nb, released, folder)
+                to_run[who] = (path, digest)
         if unit is not None:
             params_base.update(hidden.plain_params())
         # on Dask each worker probes bubblewrap itself (its machine may differ from this one)
@@ -653,11 +702,11 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                    oracle=oracle_job, gpu=bool(settings.gpu), input_params=input_params)
         stack = contextlib.ExitStack()
         if scheduler:
-            runs = _dask_runs(scheduler, job, todo, inputs, tmp, assignment, log)
+            runs = _dask_runs(scheduler, job, to_run, inputs, tmp, assignment, log)
         else:
             oracle = (stack.enter_context(oracle_job.serve(oracle_models, zoo=home))
                       if oracle_job is not None else None)
-            runs = _local_runs(workers, job, todo, inputs, tmp, zoo, oracle)
+            runs = _local_runs(workers, job, to_run, inputs, tmp, zoo, oracle)
 
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=len(todo), desc=f"autograde {assignment}", unit="nb", disable=not show)
@@ -682,15 +731,17 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                     "max_score": config.max_score, "passed": bool(result.passed),
                     "oracle_queries": queries,
                     "problems": list(result.problems),
+                    "test_cells_not_run": not_run.get(who, []),
                 }}
                 try:
                     out = course / "autograded" / who / assignment
                     out.mkdir(parents=True, exist_ok=True)
                     nb_name = config.notebook.file or nb.name
                     if run is not None and run.executed_notebook is not None:
-                        _keep_executed(course, assignment, who, run.executed_notebook, out / nb_name)
+                        _keep_executed(course, assignment, who, run.executed_notebook, out / nb_name,
+                                       not_run.get(who, ()))
                     page = feedback_html(config, who, gs, result, status=status, reason=why,
-                                         graded_at=now.isoformat())
+                                         graded_at=now.isoformat(), not_run=not_run.get(who, ()))
                     # in autograded/ only: `nbgrader generate_feedback` copies the non-notebook files
                     # of autograded/ beside its own page into feedback/ (and skips a student whose
                     # feedback/ folder already exists unless --force, so nothing is written there)

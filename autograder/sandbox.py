@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from autograder import artifacts as _artifacts
+from autograder.testcells import SKIP_TAG
 
 STATUSES = ("ok", "error", "timeout", "killed", "crashed")
 _RUNNER = Path(__file__).with_name("_runner.py")
@@ -408,7 +409,7 @@ def run_notebook(
                  "output_dir": f"{root_work}/outputs"}
     config = {"input": f"{root_work}/submission.ipynb", "output": f"{root_work}/executed.ipynb",
               "parameters": nb_params, "cwd": root_work, "output_bytes": limits.output_bytes,
-              "wall_seconds": limits.wall_seconds}
+              "wall_seconds": limits.wall_seconds, "skip_tag": SKIP_TAG}
     python = sys.executable
     env = _sandbox_env(f"{root_work}/home", tmp, zoo, str(Path(python).parent))
     if gpu_devices:  # the grader's choice of cards (all of them if it made none)

@@ -1,8 +1,10 @@
 """``maestro course init`` + ``nbgrader generate_assignment`` + ``maestro autograde``, end to end:
 a real course folder, the real bubblewrap sandbox and papermill, the real nbgrader gradebook and
-the real lenet-mnist on the hidden set. Four submissions of 01-whitebox — the reference
-solution, the stub nbgrader releases, one that kills its kernel, one whose x_adv breaks the
-threat model — are graded with two workers; then resuming skips them and --force regrades."""
+the real lenet-mnist on the hidden set. Six submissions of 01-whitebox — the reference
+solution, the stub nbgrader releases, the release solved (its unchanged test cells are not run),
+the release solved with a final cell that reuses a test cell's result (that test cell runs), one
+that kills its kernel, one whose x_adv breaks the threat model — are graded with two workers;
+then resuming skips them and --force regrades."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import pytest
 
 from autograder.cli import add_commands
 from autograder.course import gradebook, read_secret
+from autograder.demo import _solutions
 from autograder.sandbox import probe_bwrap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +131,10 @@ def course(tmp_path_factory):
     (sub / "stub" / A).mkdir(parents=True)
     shutil.copy(released, sub / "stub" / A / NB)
     _variant(source, sub / "crash" / A / NB, "fgsm", "import os\nos._exit(3)")
+    solved = _solutions(source)  # what real students send: the release, solution cells filled in
+    _variant(released, sub / "solved" / A / NB, solved)
+    _variant(released, sub / "reuser" / A / NB, {  # reuses the x_pgd of the test cell test_pgd
+        **solved, "final_attack": "x_adv = x_pgd.clone()  # the PGD of the test above is good enough"})
     _variant(source, sub / "cheat" / A / NB, "final_attack",
              "x_adv = (x + 0.5).clamp(0, 1)  # far outside eps\n"
              "x_adv[0, 0, 0, 0] = float('nan')\n"
@@ -169,9 +176,38 @@ def test_scores_and_reasons(course):
 
 
 @pytest.mark.slow
+def test_unchanged_test_cells_are_not_run_unless_something_uses_them(course):
+    every = ["test_fgsm", "test_pgd", "test_pgd_l2", "test_pgd_targeted", "test_artifact"]
+    not_run = {w: _results(course, w)["extra_data"]["maestro"]["test_cells_not_run"]
+               for w in ("solved", "reuser", "stub", "ref")}
+    assert not_run["solved"] == every and not_run["stub"] == every
+    # the instructor's source: its test cells hold the hidden tests, except test_artifact's
+    assert not_run["ref"] == ["test_artifact"]
+    assert not_run["reuser"] == [c for c in every if c != "test_pgd"]  # its final cell reads x_pgd
+    solved, reuser = _results(course, "solved"), _results(course, "reuser")
+    assert solved["extra_data"]["maestro"]["status"] == "ok" and solved["score"] >= 90
+    assert reuser["extra_data"]["maestro"]["status"] == "ok"
+    assert all(t["score"] > 0 for t in _linf_tests(reuser))  # x_pgd existed: x_adv was saved
+    # the kept copies say which cells did not run and carry no grader tag
+    runs = nbformat.read(course / ".maestro" / "runs" / A / "reuser.ipynb", as_version=4)
+    fed = nbformat.read(course / "autograded" / "reuser" / A / NB, as_version=4)
+    for nb in (runs, fed):
+        cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+        assert all("maestro-skip" not in c.metadata.get("tags", []) for c in nb.cells)
+        assert "did not run this test cell" in cells["test_fgsm"].outputs[0]["text"]
+        assert not any("did not run" in o.get("text", "") for o in cells["test_pgd"].outputs)
+    pgd_out = "".join(o.get("text", "") for o in
+                      next(c for c in runs.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_pgd").outputs)
+    assert "PGD-40" in pgd_out  # it ran, on the hidden inputs (the instructor's copy only)
+    assert not any(c.get("outputs") and "PGD-40" in str(c.outputs) for c in fed.cells)
+    page = (course / "autograded" / "solved" / A / "feedback.html").read_text()
+    assert "did not run" in page and "test_pgd_targeted" in page
+
+
+@pytest.mark.slow
 def test_gradebook_holds_every_score(course):
     book = _gradebook(course)
-    assert set(book) == {"ref", "stub", "crash", "cheat"}
+    assert set(book) == {"ref", "stub", "crash", "cheat", "solved", "reuser"}
     ref = _results(course, "ref")["score"]
     total, max_score = book["ref"]
     assert max_score == 50  # the nbgrader points of the notebook's graded cells
@@ -207,29 +243,34 @@ def test_resume_skips_and_force_regrades(course, capsys):
     from autograder.driver import autograde
 
     again = autograde(course, A, progress=False)
-    assert [o.state for o in again] == ["skipped"] * 4
+    assert [o.state for o in again] == ["skipped"] * 6
     assert {o.student: o.score for o in again}["ref"] == _results(course, "ref")["score"]
     assert _cli("autograde", A, "--course", str(course), "--student", "crash", "--force") == 0
     assert "crash" in capsys.readouterr().out
     after = {w: _results(course, w)["extra_data"]["maestro"]["graded_at"] for w in before}
     assert after["ref"] == before["ref"] and after["stub"] == before["stub"]
     assert _results(course, "crash")["extra_data"]["maestro"]["status"] == "crashed"
-    assert len(_gradebook(course)) == 4  # the regrade updated the same submission row
+    assert len(_gradebook(course)) == 6  # the regrade updated the same submission row
     # a changed notebook is regraded without --force
     nb = course / "submitted" / "stub" / A / NB
     text = nb.read_text()
     assert "raise NotImplementedError(" in text  # the released stub
     nb.write_text(text.replace("raise NotImplementedError(", "raise RuntimeError(", 1))
     states = {o.student: o.state for o in autograde(course, A, progress=False)}
-    assert states == {"cheat": "skipped", "crash": "skipped", "ref": "skipped", "stub": "failed"}
+    assert states == {"cheat": "skipped", "crash": "skipped", "ref": "skipped", "stub": "failed",
+                      "solved": "skipped", "reuser": "skipped"}
 
 
 @pytest.mark.slow
 def test_timeout_scores_zero_and_an_error_after_saving_still_counts(course):
     source = course / "source" / A / NB
     _variant(source, course / "submitted" / "slow" / A / NB, "fgsm", "import time\ntime.sleep(600)")
-    # one-step attacks: the arrays are saved, then the notebook's own check (success > 90%) fails
-    _variant(source, course / "submitted" / "fgsm" / A / NB, ONE_STEP)
+    # one-step attacks: the arrays are saved, then the notebook's own check (success > 90%) fails;
+    # the student edited that test cell (a comment), so the grader runs it
+    test_artifact = next(c.source for c in nbformat.read(source, as_version=4).cells
+                         if c.metadata.get("nbgrader", {}).get("grade_id") == "test_artifact")
+    _variant(source, course / "submitted" / "fgsm" / A / NB,
+             {**ONE_STEP, "test_artifact": test_artifact + "\n# my notes: aim higher"})
     # monkeypatching maestro inside the kernel: its own checks pass, the grader's do not
     # (its L2 and targeted parts are one step each: with predict patched, the reference's restarts
     # would run on every image, too slow for this test's time limit on a busy machine)
@@ -244,6 +285,7 @@ def test_timeout_scores_zero_and_an_error_after_saving_still_counts(course):
     for o in autograde(course, A, timeout=45, progress=False):  # the other four: unchanged
         outcomes[o.student] = o.state
     assert outcomes == {"cheat": "skipped", "crash": "skipped", "ref": "skipped", "stub": "skipped",
+                        "solved": "skipped", "reuser": "skipped",
                         "slow": "failed", "fgsm": "graded", "patch": "graded"}
     patch = _results(course, "patch")
     # the patched ThreatModel.check let the notebook save an over-eps x_adv; the grader's did not
@@ -290,25 +332,26 @@ def test_leaderboard_from_the_course(course, capsys):
     folder = course / "leaderboard" / A
     rows = list(csv.DictReader((folder / "leaderboard.csv").open()))
     by_name = {r["name"]: r for r in rows}
-    assert set(by_name) == {"ref", "stub", "crash", "cheat", "slow", "fgsm", "patch"}
-    assert rows[0]["name"] == "ref" and rows[0]["rank"] == "1"
-    assert rows[1]["name"] == "fgsm" and rows[1]["rank"] == "2"
+    assert set(by_name) == {"ref", "stub", "crash", "cheat", "slow", "fgsm", "patch", "solved", "reuser"}
+    # the three full solutions (the same attacks: ranks may tie), then FGSM-only
+    assert {r["name"] for r in rows[:3]} == {"ref", "solved", "reuser"} and by_name["ref"]["rank"] == "1"
+    assert rows[3]["name"] == "fgsm" and rows[3]["rank"] == "4"
     # cheat and patch: their x_adv breaks the threat model, their L2 and targeted files count
-    assert {r["name"] for r in rows[2:4]} == {"cheat", "patch"}
-    assert {r["rank"] for r in rows[4:]} == {"5"} and {float(r["score"]) for r in rows[4:]} == {0.0}
+    assert {r["name"] for r in rows[4:6]} == {"cheat", "patch"}
+    assert {r["rank"] for r in rows[6:]} == {"7"} and {float(r["score"]) for r in rows[6:]} == {0.0}
     assert by_name["stub"]["submissions"] == "2"  # the released stub, then its edited version
     assert by_name["crash"]["submissions"] == "1"  # --force on the same notebook: one submission
-    assert float(rows[0]["success_rate"]) > 0.9
-    assert "  1. ref" in printed and "  2. fgsm" in printed
+    assert float(by_name["ref"]["success_rate"]) > 0.9
+    assert "  1. " in printed and "  4. fgsm" in printed
     page = (folder / "leaderboard.html").read_text()
-    assert page.count("<tr>") == 8 and (folder / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+    assert page.count("<tr>") == 10 and (folder / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
     history = read_history(course, A)
     assert {e.student for e in history} == set(by_name)
     # after the deadline, with pseudonyms: ranked on the private part, no student id shown
     assert _cli("leaderboard", A, "--course", str(course), "--final", "--pseudonyms") == 0
     final = (folder / "leaderboard-final.csv").read_text()
     names = [r["name"] for r in csv.DictReader(io.StringIO(final))]
-    assert len(names) == 7 and not set(names) & set(by_name)
+    assert len(names) == 9 and not set(names) & set(by_name)
     assert "public_score" in final.splitlines()[0]
 
 
