@@ -1,7 +1,8 @@
 """``maestro autograde`` (sandboxed, 2 workers) against plain ``nbgrader autograde``, side by side.
 
     python benchmarks/autograde.py [--n 20] [--workers 2] [--reps 5] [--rounds 1]
-                                   [--nbgrader-threads 0] [--skip-overhead] [--skip-compare]
+                                   [--nbgrader-threads 0] [--maestro-test-cells skip|run|both]
+                                   [--skip-overhead] [--skip-compare]
     python benchmarks/autograde.py --quick        # 4 submissions, 3 repeats of the overhead runs
 
 One course (``maestro course init`` + ``nbgrader generate_assignment 01-whitebox``) receives
@@ -20,7 +21,11 @@ copy) so neither grader sees the other's results, and in one run, on the same ma
 * ``maestro autograde 01-whitebox --workers 2`` (its CLI): each notebook in the bubblewrap
   sandbox (one fresh interpreter + papermill + kernel per submission, torch on one thread:
   ``OMP_NUM_THREADS=1`` in the sandbox's environment) on the 500 HIDDEN images, no labels;
-  its x_adv files scored outside the sandbox, results.json + feedback + gradebook written.
+  the released test cells a submission holds unchanged are not run (grading.toml
+  ``[notebook] test_cells = "skip"``, the default: the grade comes from the files); its x_adv
+  files scored outside the sandbox, results.json + feedback + gradebook written.
+  ``--maestro-test-cells run`` runs every cell instead, ``both`` runs maestro both ways in
+  each round (one nbgrader run, two maestro runs, each on its own copy of the course).
 
 Both do the same kind of work per submission (start a kernel, import torch + maestro, load
 lenet-mnist, attack 500 MNIST images), not the same work: nbgrader also runs the hidden tests
@@ -192,6 +197,15 @@ def run_nbgrader(course: Path, timeout_s: int, n: int, threads: int) -> dict:
 def run_maestro(course: Path, workers: int, n: int, timeout_s: int) -> dict:
     argv = [str(BIN / "maestro"), "autograde", A, "--course", str(course), "--workers", str(workers)]
     return _timed(argv, course, _env(), timeout=60 + n * (timeout_s + 60))
+
+
+def _with_test_cells(course: Path, mode: str) -> Path:
+    """The course with 01's grading.toml set to ``[notebook] test_cells = mode``."""
+    toml = course / "source" / A / "grading.toml"
+    text = toml.read_text()
+    assert "test_cells" not in text and "[notebook]\n" in text
+    toml.write_text(text.replace("[notebook]\n", f'[notebook]\ntest_cells = "{mode}"\n', 1))
+    return course
 
 
 def _ts(s: str) -> float:
@@ -454,6 +468,9 @@ def main(argv=None) -> None:
                     help="comparison rounds; odd rounds run maestro first (load drift hits both)")
     ap.add_argument("--nbgrader-threads", type=int, default=0,
                     help="OMP_NUM_THREADS for nbgrader's kernels (0: torch's default)")
+    ap.add_argument("--maestro-test-cells", choices=("skip", "run", "both"), default="skip",
+                    help="grading.toml [notebook] test_cells for maestro (default: skip, the "
+                         "course default); both: a maestro run of each kind per round")
     ap.add_argument("--skip-compare", action="store_true", help="only the overhead part")
     ap.add_argument("--skip-overhead", action="store_true", help="only the comparison")
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep the course folders here")
@@ -483,37 +500,49 @@ def main(argv=None) -> None:
               "notebook's DEFAULT parameters (500 public dev images), hidden test cells restored, "
               f"--Execute.timeout={timeout_s}; points of the test cells (/50) into the gradebook.")
         print(f"maestro:  `maestro autograde 01-whitebox --workers {args.workers}`, each notebook in "
-              "bubblewrap on the 500 HIDDEN images (no labels), its three x_adv files scored outside the "
-              "sandbox (/100), results.json + feedback.html + gradebook.")
+              "bubblewrap on the 500 HIDDEN images (no labels), unchanged test cells skipped "
+              "(test_cells = \"skip\", the default; \"run\" runs them), its three x_adv files scored "
+              "outside the sandbox (/100), results.json + feedback.html + gradebook.")
         base, subs = make_course(root / "course", n, args.workers)
         print("submissions: " + ", ".join(f"{w} {k}" for w, k, _ in subs))
         fixed = driver_fixed_costs()
         fixed["threads_nbgrader"] = torch_threads(_nbgrader_env(args.nbgrader_threads))
-        summary = []
+        variants = ["skip", "run"] if args.maestro_test_cells == "both" else [args.maestro_test_cells]
+        summary = {v: [] for v in variants}
         for rnd in range(args.rounds):
             tag = f"r{rnd}"
             ng_course = copy_course(base, root / "course" / f"nbgrader-{tag}")
-            ms_course = copy_course(base, root / "course" / f"maestro-{tag}")
-            order = ["nbgrader", "maestro"] if rnd % 2 == 0 else ["maestro", "nbgrader"]
+            graders = [("nbgrader", ng_course)]
+            for v in variants:
+                graders.append((f"maestro/{v}", _with_test_cells(
+                    copy_course(base, root / "course" / f"maestro-{v}-{tag}"), v)))
+            if rnd % 2:
+                graders.reverse()
             done = {}
-            for who in order:
+            for who, course in graders:
                 print(f"[round {rnd + 1}] {who} autograde ... (load {_load()})", flush=True)
                 if who == "nbgrader":
-                    done[who] = run_nbgrader(ng_course, timeout_s, n, args.nbgrader_threads)
+                    done[who] = run_nbgrader(course, timeout_s, n, args.nbgrader_threads)
                 else:
-                    done[who] = run_maestro(ms_course, args.workers, n, timeout_s)
+                    done[who] = run_maestro(course, args.workers, n, timeout_s)
                 print(f"[round {rnd + 1}] {who}: {done[who]['wall']:.1f} s", flush=True)
             ngr = nbgrader_results(ng_course, subs)
-            msr = maestro_results(ms_course, subs)
-            print(f"\n-- round {rnd + 1} (order: {' then '.join(order)})")
-            summary.append(report_compare(subs, done["nbgrader"], done["maestro"], ngr, msr,
-                                          args.workers, fixed))
-        if args.rounds > 1:
-            ratios = [s["ratio"] for s in summary]
-            total = sum(s["nbgrader"] for s in summary) / sum(s["maestro"] for s in summary)
-            met = "met" if total >= TARGET_RATIO else "MISSED"
-            print(f"\nratios over {args.rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)}; "
-                  f"all rounds together (sum ÷ sum): {total:.2f}× (target ≥ {TARGET_RATIO}×: {met})")
+            for who, course in graders:
+                if who == "nbgrader":
+                    continue
+                v = who.split("/")[1]
+                print(f"\n-- round {rnd + 1} (order: {' then '.join(g for g, _ in graders)}): "
+                      f"nbgrader vs maestro with test_cells = {v!r}")
+                summary[v].append(report_compare(subs, done["nbgrader"], done[who], ngr,
+                                                 maestro_results(course, subs), args.workers, fixed))
+        for v in variants:
+            if args.rounds > 1 or len(variants) > 1:
+                ratios = [s["ratio"] for s in summary[v]]
+                total = sum(s["nbgrader"] for s in summary[v]) / sum(s["maestro"] for s in summary[v])
+                met = "met" if total >= TARGET_RATIO else "MISSED"
+                print(f"\ntest_cells = {v!r}: ratios over {args.rounds} round(s): "
+                      f"{', '.join(f'{r:.2f}' for r in ratios)}; all rounds together (sum ÷ sum): "
+                      f"{total:.2f}× (target ≥ {TARGET_RATIO}×: {met})")
         print(f"\nload average at the end: {_load()}")
     finally:
         if not args.keep:
