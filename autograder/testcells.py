@@ -30,6 +30,7 @@ again from the copies it keeps and says in the feedback which cells were not run
 from __future__ import annotations
 
 import ast
+import functools
 import re
 
 __all__ = ["SKIP_TAG", "mark_skipped", "plan_skips", "unmark_skipped"]
@@ -57,10 +58,20 @@ class _Unknown(Exception):
     """The cell does something the analysis cannot follow."""
 
 
-def _transform(source: str) -> str:
-    from IPython.core.inputtransformer2 import TransformerManager
+@functools.lru_cache(maxsize=4096)
+def _parse(source: str) -> ast.Module:
+    """The cell's syntax tree: plain Python as it is, else after IPython turns its magics and
+    shell escapes into calls (cached: a course's submissions share most of their cells)."""
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        pass
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
 
-    return TransformerManager().transform_cell(source)
+        return ast.parse(TransformerManager().transform_cell(source))
+    except Exception:
+        raise _Unknown from None
 
 
 def _names(source: str) -> tuple[set[str], set[str]]:
@@ -69,10 +80,7 @@ def _names(source: str) -> tuple[set[str], set[str]]:
     function, lambda or comprehension are neither. A cell that only LOOKS names up in
     ``globals()`` (``globals()[name]``, ``name in globals()``, ``globals().get(name)``) reads
     :data:`ANY_NAMED`: the caller counts every identifier written as a string in the notebook."""
-    try:
-        tree = ast.parse(_transform(source))
-    except Exception:
-        raise _Unknown from None
+    tree = _parse(source)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     binds: set[str] = set()
     reads: set[str] = set()
@@ -208,8 +216,8 @@ def _strings(source: str) -> set[str]:
     """The identifiers written as string constants in a cell (what ``globals()[name]`` may
     look up)."""
     try:
-        tree = ast.parse(_transform(source))
-    except Exception:
+        tree = _parse(source)
+    except _Unknown:
         return set()
     return {n.value for n in ast.walk(tree)
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier()}
