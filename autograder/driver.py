@@ -245,7 +245,7 @@ def _keep_executed(course: Path, assignment: str, who: str, executed: Path, dest
     except Exception:  # a notebook the kernel left unreadable: the instructor gets the bytes
         shutil.copyfile(executed, runs / f"{who}.ipynb")
         return
-    unmark_skipped(nb, not_run, note=True)
+    unmark_skipped(nb, not_run)
     _write_atomic(runs / f"{who}.ipynb", nbformat.writes(nb))
     for cell in nb.cells:
         if cell.cell_type == "code":

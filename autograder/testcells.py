@@ -104,20 +104,28 @@ def _own_scope(nodes):
             stack.extend(ast.iter_child_nodes(n))
 
 
+def _bound_name(n) -> str | None:
+    """The name the node ``n`` binds in its own scope (an assignment target, a def or class, an
+    import, ``except ... as``, a match capture), or None."""
+    if isinstance(n, ast.Name):
+        return None if isinstance(n.ctx, ast.Load) else n.id
+    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return n.name
+    if isinstance(n, ast.alias):
+        return n.asname or n.name.split(".")[0]
+    if isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
+        return n.name
+    return None
+
+
 def _stored(nodes) -> tuple[set[str], set[str]]:
     """(names a scope binds, names it declares global/nonlocal)."""
     bound, declared = set(), set()
     for n in _own_scope(nodes):
-        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
-            bound.add(n.id)
-        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(n.name)
-        elif isinstance(n, ast.alias):
-            bound.add(n.asname or n.name.split(".")[0])
-        elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
-            bound.add(n.name)
-        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+        if isinstance(n, (ast.Global, ast.Nonlocal)):
             declared.update(n.names)
+        elif (name := _bound_name(n)) is not None:
+            bound.add(name)
     return bound, declared
 
 
@@ -174,22 +182,17 @@ def _visit(n, binds: set, reads: set, local: set | None, parents: dict) -> None:
             _magic(n, binds, reads)
         elif name in ("system", "getoutput", "run_cell", "ex", "ev", "push") and _is_ipython(f):
             raise _Unknown
-    elif isinstance(n, ast.Name):
-        if isinstance(n.ctx, ast.Load):
-            if local is None or n.id not in local:
-                reads.add(n.id)
-        else:
-            bind(n.id)
+    elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+        if local is None or n.id not in local:
+            reads.add(n.id)
     elif isinstance(n, ast.NamedExpr):
         binds.add(n.target.id)  # binds in the enclosing function or the notebook: count it
     elif isinstance(n, (ast.Global, ast.Nonlocal)):
         reads.update(n.names)
-    elif isinstance(n, ast.alias):
-        if n.name == "*":
-            raise _Unknown
-        bind(n.asname or n.name.split(".")[0])
-    elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
-        bind(n.name)
+    elif isinstance(n, ast.alias) and n.name == "*":
+        raise _Unknown
+    elif (name := _bound_name(n)) is not None:
+        bind(name)
     elif isinstance(n, (ast.Attribute, ast.Subscript)) and not isinstance(n.ctx, ast.Load):
         base = n.value  # x[0] = ..., model.eps = ...: the object behind the name changes
         while isinstance(base, (ast.Attribute, ast.Subscript)):
@@ -315,9 +318,9 @@ NOTE = ("[maestro: the grader did not run this test cell (unchanged from the rel
         "cell uses what it defines): grades come from the files the notebook saves]\n")
 
 
-def unmark_skipped(nb, grade_ids, *, note: bool) -> None:
-    """Undo :func:`mark_skipped` on an executed copy; ``note``: give each such cell an output
-    saying it was not run."""
+def unmark_skipped(nb, grade_ids) -> None:
+    """Undo :func:`mark_skipped` on an executed copy, giving each such cell an output that says
+    it was not run (:data:`NOTE`)."""
     wanted = set(grade_ids)
     for cell in _code_cells(nb):
         tags = cell.get("metadata", {}).get("tags")
@@ -325,7 +328,6 @@ def unmark_skipped(nb, grade_ids, *, note: bool) -> None:
             tags.remove(SKIP_TAG)
             if not tags:
                 cell["metadata"].pop("tags")
-            if note:
-                from nbformat.v4 import new_output
+            from nbformat.v4 import new_output
 
-                cell["outputs"] = [new_output("stream", name="stdout", text=NOTE)]
+            cell["outputs"] = [new_output("stream", name="stdout", text=NOTE)]

@@ -80,7 +80,7 @@ def test_mark_and_unmark():
     nb = _notebook("r = 1")
     mark_skipped(nb, ["t_cube"])
     assert nb.cells[3].metadata["tags"] == [SKIP_TAG] and "tags" not in nb.cells[2].metadata
-    unmark_skipped(nb, ["t_cube"], note=True)
+    unmark_skipped(nb, ["t_cube"])
     assert "tags" not in nb.cells[3].metadata
     assert "did not run" in nb.cells[3].outputs[0]["text"]
 
