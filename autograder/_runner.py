@@ -2,7 +2,8 @@
 
 Usage: ``python _runner.py CONFIG_JSON STATUS_FD``. Reports one JSON line on STATUS_FD
 (a pipe the kernel does not inherit): ``{"status": "ok"|"error"|"crashed", ...}``.
-Only the standard library, papermill and nbclient are imported here.
+The kernel is started from ``config["kernel"]`` (autograder/_kernel.py, bound beside this file).
+Only the standard library, papermill, nbclient and jupyter_client are imported here.
 """
 
 from __future__ import annotations
@@ -11,15 +12,87 @@ import json
 import os
 import sys
 
-# jsonschema (through nbformat's validator) imports its optional IRI format checker, which
-# builds a lark grammar at import (~1 s of every run's start); notebook schemas never use that
-# format and jsonschema treats a failed import as "not installed"
-sys.modules.setdefault("rfc3987_syntax", None)
+# Optional imports of papermill's and jsonschema's that a run never uses, each taken as "not
+# installed" when blocked: jsonschema's format checkers (rfc3987_syntax alone builds a lark
+# grammar at import: ~1 s of every run's start; notebook schemas use none of these formats) and
+# pyarrow (papermill's HDFS paths; it brings numpy): ~0.1 s more of every run's start.
+for _optional in ("rfc3987_syntax", "rfc3986_validator", "rfc3339_validator", "isoduration",
+                  "webcolors", "fqdn", "uri_template", "jsonpointer", "pyarrow"):
+    sys.modules.setdefault(_optional, None)
 
 
-def _capped_engine(max_bytes: int, iopub_seconds: float, skip_tag: str):
+def _kernel_classes(kernel_script: str):
+    """The kernel manager nbclient uses here: the kernel is ``kernel_script`` (autograder/
+    _kernel.py: ipykernel without its debugger, and a quick exit), spoken to over Unix sockets,
+    and waited for without idle time at start and at shutdown."""
+    import time
+    from queue import Empty
+
+    from jupyter_client.asynchronous import AsyncKernelClient
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+
+    class Specs(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return KernelSpec(argv=[sys.executable, kernel_script, "-f", "{connection_file}"],
+                              display_name="Python 3 (ipykernel)", language="python")
+
+    class Client(AsyncKernelClient):
+        async def wait_for_ready(self, timeout=None):
+            """Ready once a kernel_info request has its reply on the shell channel and its
+            "idle" on IOPub: both channels work. jupyter_client's own wait also listens 0.2 s
+            for IOPub to fall silent (nbclient ignores messages that are not its cells' own:
+            idle time), and waits that long again whenever the first request's status went out
+            before the IOPub subscription took hold. Here the subscription's welcome message
+            means "ask again now"; ~0.2-0.4 s less idle time per run."""
+            deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+            while True:
+                asked = self.kernel_info()
+                reply = await self._reply_to(asked, seconds=1.0)
+                while reply is not None:
+                    try:
+                        msg = await self.iopub_channel.get_msg(timeout=0.2)
+                    except Empty:
+                        break
+                    if (msg.get("parent_header", {}).get("msg_id") == asked
+                            and msg.get("msg_type") == "status"
+                            and msg.get("content", {}).get("execution_state") == "idle"):
+                        self._handle_kernel_info_reply(reply)
+                        return
+                    if msg.get("msg_type") == "iopub_welcome":
+                        break  # subscribed now: this request's status may have gone before
+                if not await self._async_is_alive():
+                    raise RuntimeError("Kernel died before replying to kernel_info")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+
+        async def _reply_to(self, msg_id, seconds):
+            """The shell reply to ``msg_id`` (replies to earlier requests are passed over), or
+            None after ``seconds``."""
+            until = time.monotonic() + seconds
+            while True:
+                try:
+                    msg = await self.shell_channel.get_msg(timeout=max(0.0, until - time.monotonic()))
+                except Empty:
+                    return None
+                if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                    return msg
+
+    class Manager(AsyncKernelManager):
+        async def _async_finish_shutdown(self, waittime=None, pollinterval=0.01, restart=False):
+            # polls every 10 ms for the kernel's exit, not every 100 ms
+            await super()._async_finish_shutdown(waittime, pollinterval, restart)
+
+        finish_shutdown = _async_finish_shutdown
+
+    return Manager, Client, Specs
+
+
+def _capped_engine(max_bytes: int, iopub_seconds: float, skip_tag: str, kernel_script: str):
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
+
+    manager_class, client_class, specs_class = _kernel_classes(kernel_script)
 
     class CappedClient(PapermillNotebookClient):
         """Keeps at most ``max_bytes`` of cell output in the notebook; drops the rest."""
@@ -28,9 +101,12 @@ def _capped_engine(max_bytes: int, iopub_seconds: float, skip_tag: str):
         _truncated = False
 
         def create_kernel_manager(self):
+            self.kernel_manager_class = manager_class
+            km = super().create_kernel_manager()
+            km.kernel_spec_manager = specs_class()
+            km.client_factory = client_class
             # Unix sockets, not TCP: works without a loopback interface (unshare --net) and
             # keeps the kernel's ports off any network.
-            km = super().create_kernel_manager()
             km.transport = "ipc"
             km.ip = os.path.join(os.environ.get("TMPDIR", "/tmp"), "kernel-ipc")
             return km
@@ -115,9 +191,11 @@ def main() -> int:
         import papermill
         from papermill.engines import papermill_engines
 
+        kernel = config.get("kernel") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                       "_kernel.py")
         papermill_engines.register("maestro-capped", _capped_engine(
             int(config["output_bytes"]), int(config.get("wall_seconds", 3600)) + 1,
-            str(config.get("skip_tag", "maestro-skip"))))
+            str(config.get("skip_tag", "maestro-skip")), kernel))
         _record_kernel_processes()
         try:
             nb = papermill.execute_notebook(
@@ -151,4 +229,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # everything is written (the executed notebook by papermill, the report above) and the
+    # kernel is gone: skip the interpreter's teardown of zmq, asyncio and friends
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

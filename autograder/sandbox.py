@@ -57,6 +57,7 @@ from autograder.testcells import SKIP_TAG
 
 STATUSES = ("ok", "error", "timeout", "killed", "crashed")
 _RUNNER = Path(__file__).with_name("_runner.py")
+_KERNEL = Path(__file__).with_name("_kernel.py")  # the runner's kernel command
 _FALLBACK_WARNING = ("WARNING: no bubblewrap sandbox: the notebook ran with resource limits only "
                      "and could read the host file system")
 
@@ -398,18 +399,18 @@ def run_notebook(
     if sandbox == "bwrap":
         root_work, root_inputs, tmp = "/sandbox/work", "/sandbox/inputs", "/tmp"
         zoo = "/sandbox/maestro-home" if maestro_home else None
-        runner = "/sandbox/runner.py"
+        runner, kernel = "/sandbox/runner.py", "/sandbox/kernel.py"
     else:
         root_work, root_inputs = str(work), str(staged_inputs)
         (work / "tmp").mkdir()
         tmp = str(work / "tmp")
         zoo = str(maestro_home) if maestro_home else None
-        runner = str(_RUNNER)
+        runner, kernel = str(_RUNNER), str(_KERNEL)
     nb_params = {**parameters, "inputs": {n: f"{root_inputs}/{n}" for n in inputs},
                  "output_dir": f"{root_work}/outputs"}
     config = {"input": f"{root_work}/submission.ipynb", "output": f"{root_work}/executed.ipynb",
               "parameters": nb_params, "cwd": root_work, "output_bytes": limits.output_bytes,
-              "wall_seconds": limits.wall_seconds, "skip_tag": SKIP_TAG}
+              "wall_seconds": limits.wall_seconds, "skip_tag": SKIP_TAG, "kernel": kernel}
     python = sys.executable
     env = _sandbox_env(f"{root_work}/home", tmp, zoo, str(Path(python).parent))
     if gpu_devices:  # the grader's choice of cards (all of them if it made none)
@@ -658,6 +659,7 @@ def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
     package = Path(maestro.__file__).resolve().parent
     argv += ro(package, package)
     argv += ro(_RUNNER, "/sandbox/runner.py")
+    argv += ro(_KERNEL, "/sandbox/kernel.py")
     fd = os.open(work, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
     fds.append(fd)
     argv += ["--bind-fd", str(fd), "/sandbox/work"]

@@ -295,6 +295,46 @@ def test_maestro_and_the_zoo_work_inside(tmp_path):
 
 
 @needs_bwrap
+def test_what_the_notebook_leaves_open_is_written_out(tmp_path):
+    """The kernel (autograder/_kernel.py) leaves without the interpreter's teardown: files the
+    notebook never closed, even ones only a module still holds, must be complete; a
+    non-daemon thread still running makes it exit the ordinary way, after the thread."""
+    result = run(tmp_path,
+                 "import sys, gzip, json, numpy as np\n"
+                 "assert 'debugpy' not in sys.modules  # the kernel started without its debugger\n"
+                 "f = open(output_dir + '/x_adv.npy', 'wb')\n"
+                 "np.save(f, np.arange(100000.0))\n"
+                 "g = gzip.open(output_dir + '/notes.json.gz', 'wt')\n"
+                 "g.write(json.dumps({'k': list(range(5000))}))\n"
+                 "t = open(output_dir + '/log.txt', 'w')\n"
+                 "t.write('line\\n' * 1000)\n"
+                 "sys.keep = (f, g, t)  # outlives IPython's reset of the namespace\n"
+                 "open('helper.py', 'w').write('VALUE = 7\\n')",
+                 "import helper, debugpy\nassert helper.VALUE == 7",
+                 outputs=["x_adv.npy"])
+    assert result.status == "ok", result.reason + result.log_tail
+    np.testing.assert_array_equal(load(result.artifacts["x_adv.npy"]), np.arange(100000.0))
+    import gzip
+
+    outputs = tmp_path / "run" / "work" / "outputs"
+    with gzip.open(outputs / "notes.json.gz", "rt") as fh:
+        assert json.load(fh) == {"k": list(range(5000))}
+    assert (outputs / "log.txt").read_text() == "line\n" * 1000
+    assert "Traceback" not in result.log_tail, result.log_tail
+
+    (tmp_path / "late").mkdir()
+    late = run(tmp_path / "late",
+               "import threading, time, numpy as np\n"
+               "def later():\n"
+               "    time.sleep(1.0)\n"
+               "    np.save(output_dir + '/x_adv.npy', np.ones(3))\n"
+               "threading.Thread(target=later).start()",
+               outputs=["x_adv.npy"])
+    assert late.status == "ok", late.reason + late.log_tail
+    assert load(late.artifacts["x_adv.npy"]).tolist() == [1.0, 1.0, 1.0]
+
+
+@needs_bwrap
 def test_runs_in_parallel_threads_stay_apart(tmp_path):
     results = {}
 
