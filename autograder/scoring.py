@@ -61,6 +61,8 @@ class HiddenData:
     y: torch.Tensor | np.ndarray
     public: np.ndarray | None = None
     targets: torch.Tensor | None = None
+    #: the model's readings of ``x``, per (model, dtype): the same for every submission scored
+    _clean: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.x = torch.as_tensor(np.asarray(self.x) if not isinstance(self.x, torch.Tensor) else self.x)
@@ -75,6 +77,14 @@ class HiddenData:
 
     def __repr__(self) -> str:  # never print the labels
         return f"HiddenData(n={len(self.y)}, x={tuple(self.x.shape)}, public={int(self.public.sum())})"
+
+    def clean_predictions(self, model, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``model``'s reading of every hidden input (as ``dtype``), computed once per model."""
+        key = (id(model), dtype)
+        kept = self._clean.get(key)
+        if kept is None or kept[0] is not model:
+            kept = self._clean[key] = (model, model.predict(self.x.to(dtype)).cpu())
+        return kept[1]
 
     def with_targets(self, config: GradingConfig, model, secret: str | bytes) -> HiddenData:
         """Set :attr:`targets` when ``config`` has a targeted artifact (else leave them None):
@@ -189,13 +199,14 @@ def load_artifact(path, *, dtype: str, shape: tuple[int, ...],
 
 
 # -- metrics -----------------------------------------------------------------------------
-def _metrics(x, x_adv, y, model, rows: np.ndarray, targets=None) -> dict:
+def _metrics(x, x_adv, y, clean_pred, adv_pred, rows: np.ndarray, targets=None) -> dict:
     """Aggregate metrics on the rows ``rows`` (numbers only: no per-example values); with
-    ``targets``, also the share of clean-correct rows that ``x_adv`` sends to their target."""
+    ``targets``, also the share of clean-correct rows that ``x_adv`` sends to their target.
+    ``clean_pred``, ``adv_pred``: the model's readings of every row of ``x`` and ``x_adv``."""
     idx = torch.from_numpy(np.flatnonzero(rows))
     xs, xa, ys = x[idx], x_adv[idx], y[idx]
-    clean_ok = model.predict(xs).cpu() == ys
-    adv_pred = model.predict(xa).cpu()
+    clean_ok = clean_pred[idx] == ys
+    adv_pred = adv_pred[idx]
     adv_wrong = adv_pred != ys
     hit = clean_ok & adv_wrong
     delta = (xa.double() - xs.double()).flatten(1)
@@ -218,6 +229,24 @@ def _metrics(x, x_adv, y, model, rows: np.ndarray, targets=None) -> dict:
     if targets is not None:
         on_target = clean_ok & (adv_pred == torch.as_tensor(targets)[idx].cpu())
         out["targeted_success_rate"] = float(on_target.sum()) / n_ok if n_ok else float("nan")
+    return out
+
+
+def _readings(model, x_adv: torch.Tensor) -> torch.Tensor:
+    """The model's reading of each row of ``x_adv``; -1 for a row the model refuses (not
+    finite, or outside its input bounds): such a row breaks the threat model, so no part that
+    holds it is scored."""
+    flat = x_adv.flatten(1)
+    ok = torch.isfinite(flat).all(1)
+    bounds = getattr(model, "input_bounds", None)
+    if bounds is not None and flat.shape[1]:
+        lo, hi = bounds
+        ok &= (flat.nan_to_num(lo).amin(1) >= lo - 1e-6) & (flat.nan_to_num(hi).amax(1) <= hi + 1e-6)
+    if bool(ok.all()):
+        return model.predict(x_adv).cpu()
+    out = torch.full((len(x_adv),), -1, dtype=torch.long)
+    if bool(ok.any()):
+        out[ok] = model.predict(x_adv[ok]).cpu().long()
     return out
 
 
@@ -356,10 +385,11 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
 
     parts: list[Part] = []
     split_metrics: dict[str, dict] = {}
+    readings: dict[str, torch.Tensor] = {}  # artifact key -> the model's reading of each row
     for label in ("public", "private"):
         if shares[label] <= 0:
             continue
-        m, why = _artifact_metrics(config, loaded, found, hidden, model, rows[label])
+        m, why = _artifact_metrics(config, loaded, found, hidden, model, rows[label], readings)
         why = {**refused, **why}
         problems += [f"{label} part: {r}" for k, r in why.items() if k not in refused]
         if m:
@@ -372,7 +402,8 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
     score = round(sum(p.points for p in parts), 4)
     overall: dict = {"valid": False}
     if loaded and all(m.get("valid") for m in split_metrics.values()):
-        overall, _ = _artifact_metrics(config, loaded, {}, hidden, model, np.ones(len(x), dtype=bool))
+        overall, _ = _artifact_metrics(config, loaded, {}, hidden, model, np.ones(len(x), dtype=bool),
+                                       readings)
         overall.update(_query_metrics(queries, len(x)))
         overall["valid"] = True
     return ScoreResult(score, config.max_score, parts, overall, split_metrics.get("public", {}),
@@ -381,9 +412,11 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
 
 
 def _artifact_metrics(config: GradingConfig, loaded: dict, found: dict, hidden: HiddenData, model,
-                      rows: np.ndarray) -> tuple[dict, dict]:
+                      rows: np.ndarray, readings: dict) -> tuple[dict, dict]:
     """(metrics of every valid artifact on ``rows``, named as :attr:`ScoreTerm.key` does;
-    {artifact key: why it is not scored on these rows}) — violations are checked per part."""
+    {artifact key: why it is not scored on these rows}) — violations are checked per part.
+    ``readings``: the model's reading of every row of each artifact, filled on first use (the
+    model reads each artifact once, whole, whatever the parts)."""
     x = hidden.x
     metrics: dict = {}
     why: dict[str, str] = {}
@@ -404,7 +437,10 @@ def _artifact_metrics(config: GradingConfig, loaded: dict, found: dict, hidden: 
             why[spec.key] = f"{spec.file} breaks the threat model ({threat.describe()}): {text}"
             continue
         targets = hidden.targets if spec.targeted else None
-        m = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, model, rows, targets)
+        if spec.key not in readings:
+            readings[spec.key] = _readings(model, x_adv)
+        m = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, hidden.clean_predictions(model, x_adv.dtype),
+                     readings[spec.key], rows, targets)
         prefix = config.metric_prefix(spec)
         metrics.update({prefix + k: v for k, v in m.items() if not (prefix and k in ("n", "queries"))})
     return metrics, why
