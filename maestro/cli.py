@@ -81,6 +81,9 @@ def _demo(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         return run_demo(quick=args.quick, home=args.home)
+    from autograder.cli import skip_slow_optional_imports
+
+    skip_slow_optional_imports()
     from autograder.demo import run_course_demo
 
     return run_course_demo(args.dir, quick=args.quick, workers=args.workers, home=args.home)
