@@ -83,8 +83,6 @@ def _kernel_classes(kernel_script: str):
             # polls every 10 ms for the kernel's exit, not every 100 ms
             await super()._async_finish_shutdown(waittime, pollinterval, restart)
 
-        finish_shutdown = _async_finish_shutdown
-
     return Manager, Client, Specs
 
 

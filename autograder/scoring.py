@@ -232,16 +232,13 @@ def _metrics(x, x_adv, y, clean_pred, adv_pred, rows: np.ndarray, targets=None) 
     return out
 
 
-def _readings(model, x_adv: torch.Tensor) -> torch.Tensor:
-    """The model's reading of each row of ``x_adv``; -1 for a row the model refuses (not
-    finite, or outside its input bounds): such a row breaks the threat model, so no part that
-    holds it is scored."""
-    flat = x_adv.flatten(1)
-    ok = torch.isfinite(flat).all(1)
-    bounds = getattr(model, "input_bounds", None)
-    if bounds is not None and flat.shape[1]:
-        lo, hi = bounds
-        ok &= (flat.nan_to_num(lo).amin(1) >= lo - 1e-6) & (flat.nan_to_num(hi).amax(1) <= hi + 1e-6)
+def _readings(model, x_adv: torch.Tensor, violations) -> torch.Tensor:
+    """The model's reading of each row of ``x_adv``; -1 for the rows that break the threat
+    model (``violations``, per row): the model may refuse them (NaN, out of bounds), and no
+    part that holds one is scored."""
+    ok = torch.ones(len(x_adv), dtype=torch.bool)
+    for v in violations:
+        ok[list(v.indices)] = False
     if bool(ok.all()):
         return model.predict(x_adv).cpu()
     out = torch.full((len(x_adv),), -1, dtype=torch.long)
@@ -438,7 +435,7 @@ def _artifact_metrics(config: GradingConfig, loaded: dict, found: dict, hidden: 
             continue
         targets = hidden.targets if spec.targeted else None
         if spec.key not in readings:
-            readings[spec.key] = _readings(model, x_adv)
+            readings[spec.key] = _readings(model, x_adv, violations)
         m = _metrics(x.to(x_adv.dtype), x_adv, hidden.y, hidden.clean_predictions(model, x_adv.dtype),
                      readings[spec.key], rows, targets)
         prefix = config.metric_prefix(spec)
