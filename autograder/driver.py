@@ -440,17 +440,13 @@ def _workdir(tmp: Path, who: str) -> Path:
     return workdir
 
 
-def _local_runs(workers: int, job: _Job, todo: dict, inputs: dict, tmp: Path, zoo, oracle=None,
-                prepare=None):
+def _local_runs(workers: int, job: _Job, todo: dict, inputs: dict, tmp: Path, zoo, oracle=None):
     """Yield (student, RunResult | None, grader error, workdir, oracle queries | None) as the
-    runs finish. ``oracle``: the unit's running oracle; each run gets a fresh token on it.
-    ``prepare(student, notebook) -> notebook to run``, called in the worker thread."""
+    runs finish. ``oracle``: the unit's running oracle; each run gets a fresh token on it."""
     def one(who: str, nb: Path):
         workdir = _workdir(tmp, who)
         session = oracle.issue(who) if oracle is not None else None
         try:
-            if prepare is not None:
-                nb = prepare(who, nb)
             run = _run_in(workdir, job, nb, inputs, zoo, session)
             return run, "", workdir, session.queries() if session is not None else None
         except Exception as err:  # the grader's problem, not the student's: still recorded
@@ -517,8 +513,7 @@ def _from_task(d: dict, workdir: Path) -> RunResult:
                      dict(d["artifact_errors"]), executed, d.get("log_tail", ""), d["sandbox"])
 
 
-def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: dict, tmp: Path, assignment: str, log,
-               prepare=None):
+def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: dict, tmp: Path, assignment: str, log):
     """Like :func:`_local_runs`, with one Dask task per submission on the cluster at ``scheduler``."""
     try:
         from distributed import Client, as_completed
@@ -535,7 +530,6 @@ def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: dict, tmp: Path, a
         data = client.scatter({name: path.read_bytes() for name, path in inputs.items()}, broadcast=True)
         futures = {}
         for who, (nb, digest) in todo.items():
-            nb = prepare(who, nb) if prepare is not None else nb
             fut = client.submit(run_task, job, nb.read_bytes(), nb.name, data, pure=False,
                                 key=f"maestro-{assignment}-{digest[:12]}-{len(futures)}")
             futures[fut] = who
@@ -692,14 +686,14 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         tmp = Path(tmp)
         inputs, input_params = _write_inputs(tmp / "inputs", hidden, unit, spec)
         not_run: dict[str, list[str]] = {}
-        prepare = None
+        to_run = todo
         if config.notebook.test_cells == "skip":
             released = _released(course, assignment, config.notebook.file or next(iter(todo.values()))[0].name)
-
-            def prepare(who: str, nb: Path) -> Path:  # in the worker threads, as the runs start
+            to_run = {}
+            for who, (nb, digest) in todo.items():
                 folder = tmp / "notebooks" / hashlib.sha256(who.encode()).hexdigest()
                 path, not_run[who] = _prepare(nb, released, folder)
-                return path
+                to_run[who] = (path, digest)
         if unit is not None:
             params_base.update(hidden.plain_params())
         # on Dask each worker probes bubblewrap itself (its machine may differ from this one)
@@ -708,11 +702,11 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                    oracle=oracle_job, gpu=bool(settings.gpu), input_params=input_params)
         stack = contextlib.ExitStack()
         if scheduler:
-            runs = _dask_runs(scheduler, job, todo, inputs, tmp, assignment, log, prepare)
+            runs = _dask_runs(scheduler, job, to_run, inputs, tmp, assignment, log)
         else:
             oracle = (stack.enter_context(oracle_job.serve(oracle_models, zoo=home))
                       if oracle_job is not None else None)
-            runs = _local_runs(workers, job, todo, inputs, tmp, zoo, oracle, prepare)
+            runs = _local_runs(workers, job, to_run, inputs, tmp, zoo, oracle)
 
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=len(todo), desc=f"autograde {assignment}", unit="nb", disable=not show)
