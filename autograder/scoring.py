@@ -236,9 +236,9 @@ def _readings(model, x_adv: torch.Tensor, violations) -> torch.Tensor:
     """The model's reading of each row of ``x_adv``; -1 for the rows that break the threat
     model (``violations``, per row): the model may refuse them (NaN, out of bounds), and no
     part that holds one is scored."""
-    ok = torch.ones(len(x_adv), dtype=torch.bool)
-    for v in violations:
-        ok[list(v.indices)] = False
+    from maestro.threat import valid_rows
+
+    ok = valid_rows(violations, len(x_adv))
     if bool(ok.all()):
         return model.predict(x_adv).cpu()
     out = torch.full((len(x_adv),), -1, dtype=torch.long)

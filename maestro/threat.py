@@ -38,6 +38,17 @@ class Violation:
         return f"{self.rule}: {self.detail}"
 
 
+def valid_rows(violations, n: int) -> torch.Tensor:
+    """Per-example boolean mask of ``n`` examples from :meth:`ThreatModel.violations`: True
+    where the example breaks no rule (all False when a violation concerns the whole input)."""
+    mask = torch.ones(n, dtype=torch.bool)
+    for v in violations:
+        if not v.indices:
+            return torch.zeros(n, dtype=torch.bool)
+        mask[list(v.indices)] = False
+    return mask
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """What the adversary may change.
@@ -147,14 +158,7 @@ class ThreatModel:
 
     def valid(self, x, x_adv) -> torch.Tensor:
         """Per-example boolean mask: True where the example breaks no rule."""
-        found = self.violations(x, x_adv)
-        n = len(x)
-        mask = torch.ones(n, dtype=torch.bool)
-        for v in found:
-            if not v.indices:
-                return torch.zeros(n, dtype=torch.bool)
-            mask[list(v.indices)] = False
-        return mask
+        return valid_rows(self.violations(x, x_adv), len(x))
 
     def check(self, x, x_adv) -> None:
         """Raise :class:`ThreatModelViolation` listing which examples broke which rule."""

@@ -6,6 +6,7 @@ run (a run costs ~2 s of kernel start-up).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -314,8 +315,6 @@ def test_what_the_notebook_leaves_open_is_written_out(tmp_path):
                  outputs=["x_adv.npy"])
     assert result.status == "ok", result.reason + result.log_tail
     np.testing.assert_array_equal(load(result.artifacts["x_adv.npy"]), np.arange(100000.0))
-    import gzip
-
     outputs = tmp_path / "run" / "work" / "outputs"
     with gzip.open(outputs / "notes.json.gz", "rt") as fh:
         assert json.load(fh) == {"k": list(range(5000))}
