@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -125,12 +126,25 @@ def start_lab(tmp: Path, token: str):
 
 
 def wait_for_idle_kernel(url: str, token: str, timeout: float = 90) -> None:
+    """Poll ``/api/kernels`` until the notebook's kernel is idle.
+
+    jupyter_server (2.x) answers 500 for a short moment while a kernel starts: jupyter_client
+    registers the kernel as soon as its process is up, and the server gives it its
+    ``last_activity`` only after an await, so listing it meanwhile fails (``isoformat(None)``).
+    JupyterLab's own polling retries; so does this."""
     deadline = time.monotonic() + timeout
+    kernels: object = "no answer yet"
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=5) as r:
-            kernels = json.load(r)
-        if kernels and all(k.get("execution_state") == "idle" for k in kernels):
-            return
+        try:
+            with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=5) as r:
+                kernels = json.load(r)
+        except urllib.error.HTTPError as err:
+            if err.code < 500:
+                raise
+            kernels = f"HTTP {err.code}"
+        else:
+            if kernels and all(k.get("execution_state") == "idle" for k in kernels):
+                return
         time.sleep(0.3)
     raise TimeoutError(f"the notebook's kernel did not become idle within {timeout:.0f} s: {kernels}")
 
