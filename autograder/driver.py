@@ -577,15 +577,25 @@ def _released(course: Path, assignment: str, name: str):
         return None
 
 
-def _prepare(nb: Path, released, folder: Path) -> tuple[Path, list[str]]:
+def _prepare(nb: Path, released, folder: Path, log=None) -> tuple[Path, list[str]]:
     """(the notebook to run, the test cells tagged to be skipped in it): a copy of ``nb`` in
-    ``folder`` when :func:`autograder.testcells.plan_skips` finds cells, else ``nb`` itself."""
+    ``folder`` when :func:`autograder.testcells.plan_skips` finds cells, else ``nb`` itself.
+
+    An unreadable notebook runs as it is (the runner reports what is wrong with it). Should the
+    analysis itself fail on a readable one, every test cell runs (grades are the same, the run
+    slower) and ``log`` says why."""
     import nbformat
 
     try:
         node = nbformat.read(nb, as_version=4)
+    except Exception:
+        return nb, []
+    try:
         ids = plan_skips(node, released)
-    except Exception:  # an unreadable notebook runs as it is: the runner reports what is wrong
+    except Exception as err:
+        if log is not None:
+            log(f"maestro autograde: {nb}: the test-cell analysis failed ({type(err).__name__}: "
+                f"{err}); all its test cells run")
         return nb, []
     if not ids:
         return nb, []
@@ -692,7 +702,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
             to_run = {}
             for who, (nb, digest) in todo.items():
                 folder = tmp / "notebooks" / hashlib.sha256(who.encode()).hexdigest()
-                path, not_run[who] = _prepare(nb, released, folder)
+                path, not_run[who] = _prepare(nb, released, folder, log)
                 to_run[who] = (path, digest)
         if unit is not None:
             params_base.update(hidden.plain_params())

@@ -80,12 +80,15 @@ def _names(source: str) -> tuple[set[str], set[str]]:
     function, lambda or comprehension are neither. A cell that only LOOKS names up in
     ``globals()`` (``globals()[name]``, ``name in globals()``, ``globals().get(name)``) reads
     :data:`ANY_NAMED`: the caller counts every identifier written as a string in the notebook."""
-    tree = _parse(source)
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    binds: set[str] = set()
-    reads: set[str] = set()
-    for stmt in tree.body:
-        _visit(stmt, binds, reads, None, parents)
+    try:
+        tree = _parse(source)
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        binds: set[str] = set()
+        reads: set[str] = set()
+        for stmt in tree.body:
+            _visit(stmt, binds, reads, None, parents)
+    except (RecursionError, MemoryError, ValueError):  # too deep for the parser, a NUL byte
+        raise _Unknown from None
     return binds, reads
 
 

@@ -53,6 +53,9 @@ RELEASE = _notebook("raise NotImplementedError()")
     ("from math import *", []),
     ("!ls", []),
     ("result = (", []),                                               # does not parse
+    ("result = 1" + " + 1" * 100_000, []),                            # too deep for the parser
+    ("result = " + "-" * 100_000 + "1", []),                          # (its MemoryError)
+    ("result = 1\0", []),                                             # a NUL byte
 ])
 def test_a_test_cell_runs_when_anything_may_use_it(final, skipped):
     assert plan_skips(_notebook(final), RELEASE) == skipped
