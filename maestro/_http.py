@@ -1,6 +1,7 @@
 """A small HTTP/1.1 client on the standard library, for :mod:`maestro.remote`.
 
-One kept-alive connection per thread (``http.client``), over TCP, TLS or a UNIX socket. A
+One kept-alive connection per thread (``http.client``), over TCP, TLS (the system's trusted
+certificates, or a course's own CA file) or a UNIX socket. A
 connection the server has closed while idle (uvicorn closes them after a few seconds) is noticed
 before it is reused; a request that still meets a just-closed connection is sent again once on a
 fresh one (the server closes only connections with no request in flight, so it never ran it).
@@ -18,7 +19,7 @@ import ssl
 import threading
 from urllib.parse import urlencode, urlsplit
 
-__all__ = ["ConnectError", "HTTPClient", "HTTPError", "Response"]
+__all__ = ["ConnectError", "HTTPClient", "HTTPError", "Response", "TLSError"]
 
 
 class HTTPError(Exception):
@@ -27,6 +28,15 @@ class HTTPError(Exception):
 
 class ConnectError(HTTPError):
     """No connection to the server."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed: the server's certificate is not trusted (``untrusted``), or
+    the server does not speak TLS there."""
+
+    def __init__(self, message: str, *, untrusted: bool) -> None:
+        super().__init__(message)
+        self.untrusted = untrusted
 
 
 class Response:
@@ -77,13 +87,28 @@ def _dropped(conn: http.client.HTTPConnection) -> bool:
         return True
 
 
+def tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """A client TLS context that verifies the server: against ``cafile`` (a PEM file of
+    certificates) when given, else against the system's trusted certificates."""
+    if cafile is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(cafile))
+    except FileNotFoundError:
+        raise ValueError(f"ca: no certificate file at {cafile}") from None
+    except (ssl.SSLError, OSError, ValueError) as err:
+        raise ValueError(f"ca: {cafile} holds no usable PEM certificate ({err})") from None
+
+
 class HTTPClient:
     """Requests to one server (``http://host:port[/prefix]``, ``https://...`` or
     ``unix:///path/to/socket``) with default ``headers``; ``timeout`` bounds each socket
-    operation (connecting: at most ``connect_timeout``)."""
+    operation (connecting: at most ``connect_timeout``). ``cafile``: a PEM file of the
+    certificate authorities to trust for https (default: the system's, which ``SSL_CERT_FILE``
+    replaces)."""
 
     def __init__(self, url: str, *, headers: dict | None = None, timeout: float = 60.0,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, cafile: str | None = None) -> None:
         self._headers = dict(headers or {})
         self._timeout = float(timeout)
         self._connect_timeout = min(float(connect_timeout), self._timeout)
@@ -96,6 +121,7 @@ class HTTPClient:
             self._unix, self._host, self._port = None, parts.hostname, parts.port
             self._tls = parts.scheme == "https"
             self._prefix = parts.path.rstrip("/")
+        self._context = tls_context(cafile) if self._tls else None
         self._local = threading.local()
         self._all: set = set()
         self._lock = threading.Lock()
@@ -106,12 +132,19 @@ class HTTPClient:
         if self._unix is not None:
             conn = _UnixConnection(self._unix, t)
         elif self._tls:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=t,
-                                               context=ssl.create_default_context())
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=t, context=self._context)
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=t)
         try:
             conn.connect()
+        except ssl.SSLCertVerificationError as err:
+            conn.close()
+            raise TLSError(f"the server's TLS certificate is not trusted: {err.verify_message}",
+                           untrusted=True) from None
+        except ssl.SSLError as err:
+            conn.close()
+            raise TLSError(f"TLS handshake failed ({err.reason or err}): the server may not serve "
+                           "https at this address", untrusted=False) from None
         except OSError as err:
             conn.close()
             raise ConnectError(str(err) or type(err).__name__) from None

@@ -2,6 +2,8 @@
 
     oracle = maestro.remote.connect("http://127.0.0.1:8000", token, "digits-scores")
     oracle = maestro.remote.connect("unix:///run/maestro/oracle.sock", token, "digits-scores")
+    oracle = maestro.remote.connect("https://maestro.example.edu", token, "digits-scores",
+                                    ca="course-ca.pem")      # a course's own TLS certificate
     oracle.predict(x); oracle.remaining
     maestro.attacks.SquareAttack(threat)(oracle, x, y)      # attacks run unchanged
 
@@ -74,14 +76,17 @@ def _endpoint(url) -> str:
 class RemoteModel:
     """One task of a Maestro server, seen as a model wrapper (see :func:`connect`)."""
 
-    def __init__(self, url: str, token: str, task: str, *, timeout: float = 60.0, retries: int = 5) -> None:
+    def __init__(self, url: str, token: str, task: str, *, timeout: float = 60.0, retries: int = 5,
+                 ca: str | None = None) -> None:
         from ._http import HTTPClient
 
         self.url = _endpoint(url)
         self.task = task
         self.retries = int(retries)
+        if ca is not None and not self.url.startswith("https://"):
+            raise ValueError(f"ca= is the certificate of an https:// server; {self.url} is not one")
         self._http = HTTPClient(self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
-                                connect_timeout=10.0)
+                                connect_timeout=10.0, cafile=ca)
         self._lock = threading.Lock()
         self._queries = 0
         self._gradient_queries = 0
@@ -95,7 +100,7 @@ class RemoteModel:
     def _send(self, method: str, path: str, **kw):
         """The server's answer (status under 400); errors raised as described in the module's
         docstring."""
-        from ._http import ConnectError, HTTPError
+        from ._http import ConnectError, HTTPError, TLSError
 
         for attempt in range(self.retries + 1):
             try:
@@ -104,6 +109,13 @@ class RemoteModel:
                 hint = ""
                 if self.url.startswith("unix://") and isinstance(err, ConnectError):
                     hint = " (is the server running, and is its socket bound where you are?)"
+                elif isinstance(err, TLSError) and err.untrusted:
+                    hint = (" — if your course runs its own certificate, pass its file: "
+                            "maestro.remote.connect(url, token, task, ca='course-ca.pem')")
+                elif isinstance(err, TLSError):
+                    hint = " — try the same address with http://"
+                elif self.url.startswith("http://") and "closed the connection" in str(err):
+                    hint = " (if the server serves HTTPS, its URL starts with https://)"
                 raise RemoteError(f"cannot reach the Maestro server at {self.url}: {err}{hint}") from None
             if r.status_code == 429 and "Retry-After" in r.headers and attempt < self.retries:
                 time.sleep(min(5.0, float(r.headers["Retry-After"])))  # rate limit, not budget
@@ -420,13 +432,15 @@ def _labels(y, n: int, k: int, arg: str) -> torch.Tensor:
     return y.long()
 
 
-def connect(url: str, token: str, task: str, *, timeout: float = 60.0) -> RemoteModel:
+def connect(url: str, token: str, task: str, *, timeout: float = 60.0, ca: str | None = None) -> RemoteModel:
     """A :class:`RemoteModel` for ``task`` on the server at ``url``, authenticated by ``token``.
 
     ``url``: ``http(s)://host:port`` or ``unix:///absolute/path/to/server.sock`` (a server on a
-    UNIX socket, e.g. the grader's oracle bound into a sandbox that has no network)."""
+    UNIX socket, e.g. the grader's oracle bound into a sandbox that has no network).
+    ``ca``: for an https server whose certificate the system does not trust (a course's own, as
+    ``maestro serve --certfile`` may use), the PEM file of that certificate or of its authority."""
     if not isinstance(token, str) or not token:
         raise ValueError("token: pass the token from `maestro tokens create`")
-    return RemoteModel(url, token, task, timeout=timeout)
+    return RemoteModel(url, token, task, timeout=timeout, ca=ca)
 
 

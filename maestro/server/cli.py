@@ -1,6 +1,7 @@
 """``maestro serve`` and ``maestro tokens``: run the model server and manage student tokens.
 
     maestro serve [COURSE_DIR | --course DIR] [--host 127.0.0.1] [--port 8000] [--workers 1]
+                  [--certfile CERT.pem --keyfile KEY.pem]
     maestro tokens create STUDENT [--instructor] [--course DIR]
     maestro tokens list | revoke STUDENT_OR_ID | import STUDENTS.csv | usage
 
@@ -8,6 +9,10 @@ The course directory holds ``server.toml`` (see :mod:`maestro.server.config`); a
 made by ``maestro course init`` needs none: it is served with submissions (and a live
 leaderboard) for every assignment. Tokens are printed once, at creation, and only their sha256
 is stored.
+
+Students send their token with every request: a server other machines reach should serve https
+(``--certfile``/``--keyfile``, or behind an HTTPS proxy); ``maestro serve`` warns when it listens
+beyond this machine over plain http.
 """
 
 from __future__ import annotations
@@ -33,6 +38,46 @@ def _store(args):
     return Store(_config(args.course).database_url)
 
 
+def _tls(certfile, keyfile) -> dict:
+    """uvicorn's TLS settings for ``--certfile``/``--keyfile``, checked before the server starts
+    (a bad file is a clear error here, not a traceback in every worker)."""
+    import ssl
+    from pathlib import Path
+
+    if certfile is None:
+        if keyfile is not None:
+            raise ValueError("--keyfile needs --certfile (the server's certificate chain, PEM)")
+        return {}
+    cert = Path(certfile).expanduser().resolve()
+    key = Path(keyfile).expanduser().resolve() if keyfile else None
+    for flag, path in (("--certfile", cert), ("--keyfile", key)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{flag}: no file at {path}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as err:
+        raise ValueError(f"--certfile {cert}{f' --keyfile {key}' if key else ''}: not a usable PEM "
+                         f"certificate chain and private key ({err.strerror or err}); the key must be "
+                         "unencrypted and match the certificate") from None
+    return {"ssl_certfile": str(cert), **({"ssl_keyfile": str(key)} if key else {})}
+
+
+def plain_http_warning(host: str, tls: bool) -> str | None:
+    """The warning ``maestro serve`` prints when it listens beyond this machine without TLS."""
+    import ipaddress
+
+    if tls or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: whoever resolves it may be elsewhere
+        pass
+    return (f"WARNING: serving plain http on {host}: student tokens and uploads cross the network "
+            "unencrypted. Pass --certfile/--keyfile (the course's TLS certificate and key), or "
+            "serve behind an HTTPS proxy and keep --host 127.0.0.1.")
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -45,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("give the course directory once: COURSE_DIR or --course DIR")
     course = args.course or args.course_option
     cfg = _config(course)  # fail early, with a clear message, on a bad config
+    tls = _tls(args.certfile, args.keyfile)
     if args.home:
         os.environ["MAESTRO_HOME"] = str(Path(args.home).expanduser())
     toml = cfg.course_dir / "server.toml"
@@ -52,13 +98,17 @@ def _serve(args: argparse.Namespace) -> int:
     what = [f"{len(cfg.tasks)} task(s)" + (f" ({', '.join(cfg.tasks)})" if cfg.tasks else "")]
     if cfg.submissions:
         what.append(f"submissions for {', '.join(cfg.submissions.assignments)}")
-    base = f"http://{args.host}:{args.port}"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    base = f"{'https' if tls else 'http'}://{host}:{args.port}"
     print(f"maestro server: {'; '.join(what)} on {base}", file=sys.stderr)
+    warning = plain_http_warning(args.host, bool(tls))
+    if warning:
+        print(warning, file=sys.stderr)
     if cfg.submissions and cfg.submissions.public_leaderboard:
         for a in cfg.submissions.assignments:
             print(f"  leaderboard: {base}/leaderboard/{a}", file=sys.stderr)
     uvicorn.run("maestro.server.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
+                workers=args.workers, log_level=args.log_level, **tls)
     return 0
 
 
@@ -119,6 +169,11 @@ def add_commands(sub) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (budgets stay exact)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--certfile", default=None, metavar="CERT.pem",
+                       help="serve https with this certificate chain (PEM); students then connect "
+                       "with https:// (and ca=... for a certificate their system does not trust)")
+    serve.add_argument("--keyfile", default=None, metavar="KEY.pem",
+                       help="the certificate's private key, unencrypted (PEM; omit if CERT.pem holds it)")
     serve.set_defaults(func=_serve)
 
     tokens = sub.add_parser("tokens", help="student and instructor tokens for the model server")
