@@ -300,9 +300,11 @@ def read_history(course, assignment: str) -> list[Entry]:
     return list(latest.values())
 
 
-def from_course(course, assignment: str, *, final: bool = False, pseudonyms: bool = False) -> Board:
+def from_course(course, assignment: str, *, final: bool = False, pseudonyms: bool = False,
+                prepared=None, home=None) -> Board:
     """The leaderboard of ``assignment`` in an nbgrader course folder made by ``maestro course
-    init`` (pseudonyms keyed by the course secret)."""
+    init`` (pseudonyms keyed by the course secret). The war: ``prepared`` is its unit's
+    ``prepare`` (made here when None), ``home`` the model zoo of its reference players."""
     from .config import load_config
     from .course import read_secret
 
@@ -312,7 +314,8 @@ def from_course(course, assignment: str, *, final: bool = False, pseudonyms: boo
     if cfg.kind == "war":  # every kept attack against every kept defense, on the hidden labels
         from .units.war import tournament_matrix
 
-        matrix = tournament_matrix(course, cfg, read_secret(course), part="private" if final else "public")
+        matrix = tournament_matrix(course, cfg, read_secret(course), part="private" if final else "public",
+                                   prepared=prepared, home=home)
         return tournament(matrix, pseudonyms=secret, assignment=assignment, title=cfg.title or assignment,
                           max_score=cfg.max_score, final=final, history=read_history(course, assignment))
     board = rank(read_history(course, assignment), final=final, pseudonyms=secret,
@@ -411,7 +414,18 @@ def render_html(board: Board, *, live_url: str | None = None, refresh_s: int = 1
             "  tb.replaceChildren(...b.rows.map(row => { const tr = document.createElement('tr');\n"
             "    for (const [key, kind] of COLS) { const td = document.createElement('td'); td.className = key;\n"
             "      td.textContent = fmt(row[key], kind); tr.appendChild(td); } return tr; }));\n"
+            "  if (b.tournament) drawMatrix(b.tournament);\n"
             "  document.getElementById('updated').textContent = new Date().toLocaleTimeString(); } catch (e) {} }\n"
+            "function cell(tag, text, cls) { const c = document.createElement(tag); c.textContent = text;\n"
+            "  if (cls) c.className = cls; return c; }\n"
+            "function drawMatrix(m) { const t = document.getElementById('matrix'); if (!t) return;\n"
+            "  const head = document.createElement('tr'); head.appendChild(cell('th', 'attacker \\\\ defender'));\n"
+            "  for (const d of m.defenders) head.appendChild(cell('th', d));\n"
+            "  t.tHead.replaceChildren(head);\n"
+            "  t.tBodies[0].replaceChildren(...m.attackers.map((a, i) => { const tr = document.createElement('tr');\n"
+            "    tr.appendChild(cell('th', a, 'name'));\n"
+            "    for (const v of m.cells[i]) tr.appendChild(cell('td', v === null ? '' : (100 * v).toFixed(0) + '%'));\n"
+            "    return tr; })); }\n"
             f"setInterval(refresh, {int(refresh_s) * 1000});\n"
             "</script>\n")
     return (
@@ -419,7 +433,7 @@ def render_html(board: Board, *, live_url: str | None = None, refresh_s: int = 1
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{e(board.title)} — leaderboard</title>\n<style>\n"
         "body{font-family:system-ui,sans-serif;margin:0 auto;padding:.8em;max-width:64em;color:#222}\n"
-        "h1{font-size:1.3em;margin:.2em 0}p{margin:.3em 0;color:#555}\n"
+        "h1{font-size:1.3em;margin:.2em 0}h2{font-size:1.05em;margin:1em 0 .3em}p{margin:.3em 0;color:#555}\n"
         ".wrap{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.95em}\n"
         "th,td{padding:.35em .5em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}\n"
         "th.name,td.name{text-align:left}tbody tr:nth-child(1) td.rank{font-weight:bold}\n"

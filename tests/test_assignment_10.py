@@ -440,11 +440,11 @@ def test_an_empty_course_has_an_empty_matrix(ref, tmp_path):
     assert tournament(m, assignment=A).rows == []
 
 
-def test_the_course_leaderboard_plays_the_matrix_with_submission_counts_and_times(ref, war):
-    """`maestro leaderboard 10-war` (autograder.leaderboard.from_course) on a course folder."""
-    import shutil
-
-    from autograder.leaderboard import Entry, append_history, from_course
+@pytest.fixture(scope="module")
+def war_course(war):
+    """The war fixture's folder made a course: grading.toml, the secret, three graded notebook
+    submissions in the history (ann twice, bob once)."""
+    from autograder.leaderboard import Entry, append_history
 
     course = war["course"]
     (course / "source" / A).mkdir(parents=True, exist_ok=True)
@@ -454,6 +454,14 @@ def test_the_course_leaderboard_plays_the_matrix_with_submission_counts_and_time
                       ("bob", "2026-11-20T12:00:00+00:00")]:
         append_history(course, Entry(who, A, when, 50.0, 100.0, 50.0, 100.0, 50.0, 100.0, {}, {},
                                      sha256=when))
+    return course
+
+
+def test_the_course_leaderboard_plays_the_matrix_with_submission_counts_and_times(war, war_course):
+    """`maestro leaderboard 10-war` (autograder.leaderboard.from_course) on a course folder."""
+    from autograder.leaderboard import from_course
+
+    course = war_course
     board = from_course(course, A)
     assert board.matrix["attackers"] == ["ann", "bob", "cy", "dee"]
     assert board.matrix["cells"] == [[None if v is None else round(v, 4) for v in row] for row in war["matrix"]["cells"]]
@@ -461,3 +469,43 @@ def test_the_course_leaderboard_plays_the_matrix_with_submission_counts_and_time
     assert rows["ann"] == (2, "2026-11-21T09:00:00+00:00") and rows["bob"] == (1, "2026-11-20T12:00:00+00:00")
     assert rows["dee"] == (0, "")
     assert from_course(course, A, pseudonyms=True).rows[0].name not in ("ann", "bob", "cy", "dee")
+
+
+def test_the_live_server_board_plays_the_war_again_when_the_autograder_keeps_new_artifacts(ref, war_course, tmp_path):
+    """`maestro serve` with ``[submissions] boards = ["10-war"]`` (a real uvicorn on loopback):
+    the live page and its JSON hold the tournament matrix of the kept artifacts, recomputed when
+    the autograder keeps a new player's; uploads are refused with where to submit instead."""
+    import httpx
+
+    from autograder.leaderboard import from_course
+    from maestro.server import ServerConfig, background_server, create_app
+
+    course = war_course
+    cfg = ServerConfig.from_dict({"submissions": {"boards": [A], "course": str(course)}}, course_dir=tmp_path)
+    app = create_app(cfg)
+    token = app.state.store.create_token("ann")
+    try:
+        with background_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+            listed = http.get("/v1/assignments", headers={"Authorization": f"Bearer {token}"}).json()
+            assert listed["assignments"] == [] and listed["boards"][0]["leaderboard"] == f"/leaderboard/{A}"
+            live = http.get(f"/leaderboard/{A}.json").json()  # public, no token
+            expected = from_course(course, A, pseudonyms=True)  # pseudonyms: the server's default
+            assert live["tournament"] == expected.as_dict()["tournament"]
+            assert len(live["tournament"]["attackers"]) == 4 and "ann" not in live["tournament"]["attackers"]
+            assert [r["name"] for r in live["rows"]] == [r.name for r in expected.rows]
+            page = http.get(f"/leaderboard/{A}")
+            assert page.status_code == 200 and 'id="matrix"' in page.text
+            up = http.post(f"/v1/assignments/{A}/submissions", json={"artifacts": {}},
+                           headers={"Authorization": f"Bearer {token}"})
+            assert up.status_code == 404 and "maestro autograde" in up.json()["detail"]
+            # the autograder keeps a fifth player's artifacts: the next request plays them too
+            _keep_artifacts(course, A, "fay", ref["artifacts"])
+            try:
+                again = http.get(f"/leaderboard/{A}.json").json()
+                assert len(again["tournament"]["attackers"]) == 5
+                assert again["tournament"] == from_course(course, A, pseudonyms=True).as_dict()["tournament"]
+            finally:
+                shutil.rmtree(kept_artifacts(course, A) / "fay")
+            assert len(http.get(f"/leaderboard/{A}.json").json()["tournament"]["attackers"]) == 4
+    finally:
+        app.state.store.close()

@@ -5,8 +5,11 @@ A real course (``maestro course init``), a real server on loopback grading real 
 and PGD on lenet-mnist); headless Chromium (Debian's ``chromium``, driven by Playwright) opens
 ``/leaderboard/01-whitebox`` with no token, at 390×844 CSS pixels (a phone), and checks the
 ranks and the pseudonyms shown; then a better submission is graded and the page, without a
-reload, shows it first (its script refetches the JSON every ``refresh_s``). Screenshots go into
-``$MAESTRO_TEST_ARTIFACTS`` (default: ``test-artifacts/`` at the repository root).
+reload, shows it first (its script refetches the JSON every ``refresh_s``). The war's page (a
+``boards`` assignment: grades and artifacts come from ``maestro autograde``) shows the tournament
+matrix and, without a reload, the row and column of a player whose artifacts the autograder has
+just kept. Screenshots go into ``$MAESTRO_TEST_ARTIFACTS`` (default: ``test-artifacts/`` at the
+repository root).
 
 Without chromium or Playwright the test is skipped with the reason; under CI as root (where
 ``.ci/run`` installs chromium) it fails instead, so CI never skips it silently.
@@ -157,3 +160,82 @@ def test_live_leaderboard_page_on_a_phone(course_server, tmp_path, one_torch_thr
             browser.close()
     for name in ("leaderboard-phone.png", "leaderboard-phone-live.png"):
         assert (shots / name).stat().st_size > 5_000
+
+
+WAR = "10-war"
+WAR_CONFIG = """
+[server]
+database = "server.db"
+rate_limit = 0
+
+[submissions]
+course = "{course}"
+boards = ["{a}"]
+pseudonyms = false
+refresh_s = 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_live_war_board_plays_a_new_player_without_a_reload(course_server, tmp_path, one_torch_thread):
+    reason = why_not()
+    if reason:
+        if MUST_RUN:
+            pytest.fail(f"CI (as root) must run the leaderboard browser test, but: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+    from safetensors.torch import save_file
+
+    from autograder import units
+    from autograder.config import load_config
+    from autograder.driver import _keep_artifacts
+
+    course = tmp_path / "course"
+    init_course(course, ROOT / "assignments")
+    cfg = load_config(course / "source" / WAR / "grading.toml")
+    x = units.get("war").prepare(cfg, read_secret(course)).state.x  # what the sandbox hands out
+    zoo = maestro.models.load("mlp-digits")
+    threat = cfg.threat.threat_model()
+
+    def keep(who: str, x_adv: torch.Tensor) -> None:
+        folder = tmp_path / who
+        folder.mkdir()
+        save_file({k: v.contiguous() for k, v in zoo.model.state_dict().items()}, str(folder / "model.safetensors"))
+        np.save(folder / "x_adv.npy", x_adv.numpy())
+        _keep_artifacts(course, WAR, who, {"model.safetensors": folder / "model.safetensors",
+                                           "x_adv.npy": folder / "x_adv.npy"})
+
+    keep("ana", maestro.attacks.PGD(threat, steps=10)(zoo, x, zoo.predict(x)).x_adv)
+    keep("ben", x)  # no attack at all
+    url, _, _ = course_server(WAR_CONFIG.format(course=course, a=WAR))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/leaderboard/{WAR}")
+            matrix = page.locator("#matrix")
+            assert matrix.locator("thead th").all_inner_texts()[1:] == ["ana", "ben"]
+            cells = matrix.locator("tbody tr").nth(0).locator("td").all_inner_texts()
+            assert int(cells[1].rstrip("%")) > 50  # ana's PGD fools ben's undefended model
+            rows = page.locator("#board tbody tr")
+            assert rows.nth(0).locator("td.name").inner_text() == "ana"
+
+            # the autograder keeps a third player; the open page plays them in, without a reload
+            page.evaluate("window.__not_reloaded = true")
+            keep("cy", maestro.attacks.FGSM(threat)(zoo, x, zoo.predict(x)).x_adv)
+            page.wait_for_function("() => document.querySelectorAll('#matrix tbody tr').length === 3")
+            assert page.evaluate("window.__not_reloaded") is True
+            assert matrix.locator("thead th").all_inner_texts()[1:] == ["ana", "ben", "cy"]
+            assert matrix.locator("tbody tr").nth(2).locator("th").inner_text() == "cy"
+            assert rows.count() == 3 and "cy" in page.locator("#board").inner_text()
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            page.screenshot(path=str(artifacts_dir() / "leaderboard-war-live.png"), full_page=True)
+            assert not errors, errors
+            context.close()
+        finally:
+            browser.close()

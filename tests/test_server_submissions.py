@@ -555,6 +555,12 @@ def test_course_folder_alone_is_a_server_config(course):
 
     cfg = ServerConfig.load(course)
     assert cfg.tasks == {} and cfg.submissions.assignments == [A] and cfg.course == course.resolve()
+    # the others: a live leaderboard of `maestro autograde`'s grades each, no uploads
+    assert cfg.submissions.boards == sorted(p.name for p in (course / "source").iterdir() if p.name != A)
+    with pytest.raises(ValueError, match="list each assignment once"):
+        ServerConfig.from_dict({"submissions": {"assignments": [A], "boards": [A]}})
+    with pytest.raises(ValueError, match="or boards"):
+        ServerConfig.from_dict({"submissions": {"assignments": []}})
     for unit, why in (("02-blackbox-scores", "black-box unit"), ("04-adversarial-training", "defense unit")):
         if (course / "source" / unit).is_dir():
             with pytest.raises(ValueError, match=why):
@@ -594,9 +600,15 @@ def test_maestro_serve_a_course_folder(course, tmp_path):
         assert info["max_per_day"] == 20
         page = httpx.get(f"{url}/leaderboard/{A}")
         assert page.status_code == 200 and "alice" not in page.text  # pseudonyms by default
+        # a defense unit: its board (empty until `maestro autograde` grades it), no uploads
+        board = httpx.get(f"{url}/leaderboard/04-adversarial-training.json")
+        assert board.status_code == 200 and board.json()["rows"] == []
+        refused = httpx.post(f"{url}/v1/assignments/04-adversarial-training/submissions", json={}, headers=_auth(token))
+        assert refused.status_code == 404 and "maestro autograde" in refused.json()["detail"]
     finally:
         proc.terminate()
         code = proc.wait(60)
     # uvicorn shuts down gracefully (the graders with it), then re-raises SIGTERM
     assert code in (0, -signal.SIGTERM) and "Traceback" not in log.read_text(), log.read_text()
     assert "leaderboard: http://127.0.0.1" in log.read_text()
+    assert "/leaderboard/10-war" in log.read_text() and "leaderboards of 02-blackbox-scores" in log.read_text()

@@ -27,7 +27,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
 
 With ``[submissions]`` in server.toml (see :mod:`maestro.server.submissions`)::
 
-    GET  /v1/assignments, /v1/assignments/{id}     threat models, artifact specs, limits
+    GET  /v1/assignments, /v1/assignments/{id}     threat models, artifact specs, limits (the
+                                                   list also names the boards-only assignments)
     GET  /v1/assignments/{id}/inputs               the hidden INPUTS (never labels), .npy;
                                                    the target classes if an artifact is targeted
     POST /v1/assignments/{id}/submissions          upload the artifacts: 202 + submission id
@@ -35,7 +36,8 @@ With ``[submissions]`` in server.toml (see :mod:`maestro.server.submissions`)::
     GET  /v1/submissions/{id}                      status and result (own only)
     GET  /v1/assignments/{id}/leaderboard          ranking JSON (instructors: ?final=true)
     GET  /leaderboard/{id}, /leaderboard/{id}.json the live page and its data (no token
-                                                   needed with public_leaderboard = true)
+                                                   needed with public_leaderboard = true); also
+                                                   for [submissions] boards (the war: its matrix)
 
 Arrays: JSON lists or ``{"npy_b64": ...}`` in requests; ``?format=npy`` for answers. predict,
 proba and logits also take the inputs as the whole body, raw ``.npy`` bytes with ``Content-Type:
@@ -389,12 +391,12 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
     grader = subs = boards = None
     if subcfg is not None:
         from .db import Submissions
-        from .submissions import Grader, Leaderboards, load_assignments
+        from .submissions import Grader, Leaderboards, load_assignments, load_boards
 
         assignments = load_assignments(subcfg, config.course, config.home)
         subs = Submissions(store)
         grader = Grader(subs, assignments, subcfg.workers)
-        boards = Leaderboards(subs, assignments)
+        boards = Leaderboards(subs, assignments, load_boards(subcfg, config.course, config.home))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -847,8 +849,16 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
     def get_assignment(ident: str):
         a = assignments.get(ident)
         if a is None:
-            raise HTTPException(404, f"unknown assignment {ident!r}; assignments: {', '.join(sorted(assignments))}")
+            if ident in boards.boards:
+                raise HTTPException(404, f"{ident} takes no uploads here: it is graded by `maestro autograde` "
+                                    f"(submit the notebook through nbgrader); its leaderboard is /leaderboard/{ident}")
+            known = sorted(assignments) + sorted(boards.boards)
+            raise HTTPException(404, f"unknown assignment {ident!r}; assignments: {', '.join(known) or 'none'}")
         return a
+
+    def get_board(ident: str) -> None:
+        if ident not in assignments and ident not in boards.boards:
+            get_assignment(ident)  # the 404
 
     def name_of(who: Caller, a) -> str:
         return pseudonym(who.student, a.secret) if subcfg.pseudonyms else who.student
@@ -869,10 +879,11 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
             name = name_of(who, a)
         return student_view(row, final=subcfg.is_final(), instructor=who.is_instructor, pseudonym=name)
 
-    @app.get("/v1/assignments", tags=["submissions"], summary="the assignments that take uploads",
+    @app.get("/v1/assignments", tags=["submissions"], summary="the assignments that take uploads, and those with a leaderboard only",
              responses=_errors())
     def list_assignments(who: Who) -> dict:
-        return {"assignments": [info(who, a) for a in assignments.values()]}
+        return {"assignments": [info(who, a) for a in assignments.values()],
+                "boards": [b.info() for b in boards.boards.values()]}
 
     @app.get("/v1/assignments/{assignment}", tags=["submissions"],
              summary="threat model, artifact spec, limits and deadline", responses=_errors(404))
@@ -950,7 +961,7 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
     def leaderboard(who: Who, assignment: str = AssignmentId,
                     final: bool | None = Query(None, description="instructors: the private-part ranking before "
                                                "the deadline (default: the server's)")) -> dict:
-        get_assignment(assignment)
+        get_board(assignment)
         is_final = subcfg.is_final()
         if final is not None and final != is_final and not who.is_instructor:
             raise HTTPException(403, "only instructors may choose final=; students see the server's ranking")
@@ -965,14 +976,14 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
     @app.get("/leaderboard/{assignment}.json", tags=["leaderboard"], summary="the ranking the live page shows",
              responses=_errors(404, token=not public), dependencies=guard)
     def public_leaderboard_json(assignment: str = AssignmentId) -> dict:
-        get_assignment(assignment)
+        get_board(assignment)
         return boards.board(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms).as_dict()
 
     @app.get("/leaderboard/{assignment}", tags=["leaderboard"], response_class=HTMLResponse,
              summary="the live leaderboard page (phone-friendly; refreshes itself)",
              responses=_errors(404, token=not public), dependencies=guard)
     def public_leaderboard_page(assignment: str = AssignmentId):
-        get_assignment(assignment)
+        get_board(assignment)
         board = boards.board(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms)
         page = render_html(board, live_url=f"{assignment}.json", refresh_s=subcfg.refresh_s)
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})

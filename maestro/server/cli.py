@@ -96,8 +96,10 @@ def _serve(args: argparse.Namespace) -> int:
     toml = cfg.course_dir / "server.toml"
     os.environ["MAESTRO_SERVER_CONFIG"] = str(toml if toml.is_file() else cfg.course_dir)
     what = [f"{len(cfg.tasks)} task(s)" + (f" ({', '.join(cfg.tasks)})" if cfg.tasks else "")]
-    if cfg.submissions:
+    if cfg.submissions and cfg.submissions.assignments:
         what.append(f"submissions for {', '.join(cfg.submissions.assignments)}")
+    if cfg.submissions and cfg.submissions.boards:
+        what.append(f"leaderboards of {', '.join(cfg.submissions.boards)}")
     host = f"[{args.host}]" if ":" in args.host else args.host
     base = f"{'https' if tls else 'http'}://{host}:{args.port}"
     print(f"maestro server: {'; '.join(what)} on {base}", file=sys.stderr)
@@ -105,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     if cfg.submissions and cfg.submissions.public_leaderboard:
-        for a in cfg.submissions.assignments:
+        for a in cfg.submissions.assignments + cfg.submissions.boards:
             print(f"  leaderboard: {base}/leaderboard/{a}", file=sys.stderr)
     uvicorn.run("maestro.server.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, **tls)

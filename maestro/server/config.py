@@ -17,6 +17,7 @@ A course directory holds ``server.toml``::
 
     [submissions]                               # graded uploads and leaderboards (optional)
     assignments = ["01-whitebox"]               # ids under COURSE/source/ (a `maestro course init` course)
+    boards = ["10-war"]                         # a live leaderboard alone (graded by `maestro autograde`)
     course = "."                                # the course folder (default: this file's folder)
     max_per_day = 20                            # uploads per token, assignment and UTC day (0: unlimited)
     pseudonyms = true                           # leaderboards show made-up names (keyed by the course secret)
@@ -27,8 +28,13 @@ A course directory holds ``server.toml``::
     refresh_s = 10                              # how often the leaderboard page refetches its data
 
 A relative SQLite path is taken relative to the course directory. A server needs tasks, or
-[submissions], or both. A course folder made by ``maestro course init`` with no server.toml is
-served as if it held ``[submissions] assignments = [every assignment in source/]``.
+[submissions], or both. ``assignments`` take uploads: white-box attack units. ``boards`` are
+assignments the server only shows: their leaderboard of notebook grades from ``maestro
+autograde`` (defense and black-box units; for the attack-vs-defense war, the tournament of every
+kept attack against every kept defense), refreshed as grades and artifacts arrive. A course
+folder made by ``maestro course init`` with no server.toml is served as if it held
+``[submissions]`` with every assignment in source/: uploads for those that can take them,
+boards for the others.
 """
 
 from __future__ import annotations
@@ -94,9 +100,11 @@ class TaskConfig:
 
 @dataclass
 class SubmissionsConfig:
-    """[submissions]: which assignments take uploaded artifacts, graded by the trusted scorer."""
+    """[submissions]: which assignments take uploaded artifacts, graded by the trusted scorer,
+    and which have a live leaderboard only (``boards``)."""
 
-    assignments: list[str]
+    assignments: list[str] = field(default_factory=list)
+    boards: list[str] = field(default_factory=list)
     course: Path | None = None        # the course folder; relative: to server.toml's folder
     max_per_day: int = 20             # per token, assignment and UTC day; 0: unlimited
     pseudonyms: bool = True
@@ -107,12 +115,20 @@ class SubmissionsConfig:
     refresh_s: int = 10
 
     def __post_init__(self) -> None:
-        if (not isinstance(self.assignments, list) or not self.assignments
-                or not all(isinstance(a, str) and _TASK_NAME.match(a) for a in self.assignments)):
+        for key in ("assignments", "boards"):
+            ids = getattr(self, key)
+            if not isinstance(ids, list) or not all(isinstance(a, str) and _TASK_NAME.match(a) for a in ids):
+                raise ValueError(f"[submissions] {key}: a list of assignment ids such as "
+                                 f"[\"01-whitebox\"] (folders under COURSE/source/), got {ids!r}")
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"[submissions] {key}: listed twice in {ids!r}")
+        if not self.assignments and not self.boards:
             raise ValueError("[submissions] assignments: a non-empty list of assignment ids such as "
-                             f"[\"01-whitebox\"] (folders under COURSE/source/), got {self.assignments!r}")
-        if len(set(self.assignments)) != len(self.assignments):
-            raise ValueError(f"[submissions] assignments: listed twice in {self.assignments!r}")
+                             "[\"01-whitebox\"] (folders under COURSE/source/), or boards = [...]")
+        both = sorted(set(self.assignments) & set(self.boards))
+        if both:
+            raise ValueError(f"[submissions] {both}: in assignments (uploads and a leaderboard) and in "
+                             "boards (a leaderboard only); list each assignment once")
         for key, low in (("max_per_day", 0), ("workers", 1), ("refresh_s", 1)):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -224,8 +240,9 @@ class ServerConfig:
             extra = set(subs_raw) - known
             if extra:
                 raise ValueError(f"[submissions]: unknown keys {sorted(extra)}; use {sorted(known)}")
-            if "assignments" not in subs_raw:
-                raise ValueError("[submissions]: 'assignments' is required, e.g. assignments = [\"01-whitebox\"]")
+            if "assignments" not in subs_raw and "boards" not in subs_raw:
+                raise ValueError("[submissions]: 'assignments' is required, e.g. assignments = [\"01-whitebox\"] "
+                                 "(or boards = [...] for leaderboards alone)")
             submissions = SubmissionsConfig(**subs_raw)
         return cls(tasks=tasks, course_dir=Path(course_dir) if course_dir else Path.cwd(), submissions=submissions,
                    **server)
@@ -235,10 +252,13 @@ class ServerConfig:
         """Read ``server.toml`` (or a course directory containing it)."""
         path = Path(path).expanduser()
         if path.is_dir():
-            found = sorted(p.parent.name for p in path.glob("source/*/grading.toml") if _uploadable(p))
+            found = {p.parent.name: _uploadable(p) for p in sorted(path.glob("source/*/grading.toml"))}
+            found = {a: up for a, up in found.items() if up is not None}
             if not (path / CONFIG_NAME).is_file() and (path / "maestro.toml").is_file() and found:
-                # a `maestro course init` course: take submissions for every assignment
-                return cls.from_dict({"submissions": {"assignments": found}}, course_dir=path)
+                # a `maestro course init` course: uploads where they can be graded, else a board
+                return cls.from_dict({"submissions": {"assignments": [a for a, up in found.items() if up],
+                                                      "boards": [a for a, up in found.items() if not up]}},
+                                     course_dir=path)
             path = path / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no server config at {path}: write a {CONFIG_NAME} (see maestro.server.config)")
@@ -250,14 +270,14 @@ class ServerConfig:
         return cls.from_dict(data, course_dir=path.parent)
 
 
-def _uploadable(grading_toml: Path) -> bool:
+def _uploadable(grading_toml: Path) -> bool | None:
     """Can the server take uploads for this assignment? White-box attack units (an ``.npy``
     artifact) yes; defense units (model weights) and black-box units (scored with the oracle's
-    query count) no: ``maestro autograde`` grades those."""
+    query count) no: ``maestro autograde`` grades those. None: the grading config is broken."""
     from autograder.config import load_config
 
     try:
         config = load_config(grading_toml)
     except ValueError:
-        return False
+        return None
     return getattr(config, "kind", "attack") == "attack" and getattr(config, "oracle", None) is None

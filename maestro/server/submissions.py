@@ -20,7 +20,11 @@ trusted scorer (:func:`autograder.scoring.score_submission`), and the live leade
   ``final``) only the public parts, their reasons and the public metrics — never a private
   part's reason, never labels, never per-example values (the scorer outputs none);
 * :class:`Leaderboards` — :func:`autograder.leaderboard.rank` over the graded server
-  submissions merged with the notebook grades of ``maestro autograde`` (``read_history``).
+  submissions merged with the notebook grades of ``maestro autograde`` (``read_history``); for
+  a :class:`Board` (``[submissions] boards``: an assignment graded by ``maestro autograde``
+  alone) the course's own board (:func:`autograder.leaderboard.from_course`), which for the
+  attack-vs-defense war is the tournament of every kept attack against every kept defense,
+  played again when the autograder keeps new artifacts.
 """
 
 from __future__ import annotations
@@ -179,6 +183,70 @@ class Assignment:
 
 def load_assignments(cfg: SubmissionsConfig, course: Path, home=None) -> dict[str, Assignment]:
     return {a: Assignment(course, a, home) for a in cfg.assignments}
+
+
+class Board:
+    """A ``[submissions] boards`` assignment: shown on a live leaderboard, graded by ``maestro
+    autograde`` alone (no uploads)."""
+
+    def __init__(self, course: Path, ident: str, home=None) -> None:
+        from autograder.config import load_config
+        from autograder.course import read_secret
+
+        path = Path(course) / "source" / ident / "grading.toml"
+        if not path.is_file():
+            raise ValueError(f"[submissions] boards: {ident!r}: no {path} (a course made by "
+                             "`maestro course init` has source/<assignment>/grading.toml)")
+        self.config = load_config(path)
+        if self.config.id != ident:
+            raise ValueError(f"{path}: [assignment] id {self.config.id!r} is not {ident!r}")
+        self.id = ident
+        self.course = Path(course)
+        self.secret = read_secret(course)
+        self.home = home
+        self.war = self.config.kind == "war"
+        self._prepared = None  # the war's hidden images and reference players, made once
+
+    def version(self) -> tuple:
+        """Changes when the board may: the grade history, and for the war each kept player's
+        folder (the autograder replaces a folder whole, by a rename)."""
+        from autograder.driver import kept_artifacts
+        from autograder.leaderboard import history_path
+
+        def stat(path: Path):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return None
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+        out: tuple = (stat(history_path(self.course, self.id)),)
+        if self.war:
+            root = kept_artifacts(self.course, self.id)
+            try:
+                names = sorted(os.listdir(root))
+            except FileNotFoundError:
+                names = []
+            out += tuple((n, stat(root / n)) for n in names if not n.startswith("."))
+        return out
+
+    def board(self, *, final: bool, pseudonyms: bool):
+        from autograder import units
+        from autograder.leaderboard import from_course
+
+        if self.war and self._prepared is None:
+            self._prepared = units.get("war").prepare(self.config, self.secret, home=self.home)
+        return from_course(self.course, self.id, final=final, pseudonyms=pseudonyms, prepared=self._prepared,
+                           home=self.home)
+
+    def info(self) -> dict:
+        return {"id": self.id, "title": self.config.title or self.id, "uploads": False,
+                "leaderboard": f"/leaderboard/{self.id}",
+                "graded_by": "maestro autograde (submit the notebook through nbgrader)"}
+
+
+def load_boards(cfg: SubmissionsConfig, course: Path, home=None) -> dict[str, Board]:
+    return {a: Board(course, a, home) for a in cfg.boards}
 
 
 # -- uploads ----------------------------------------------------------------------------------
@@ -476,17 +544,40 @@ def _alive(pid: int) -> bool:
 
 # -- leaderboards ---------------------------------------------------------------------------------
 class Leaderboards:
-    """Boards per assignment, recomputed only when a grade arrives or the history file changes."""
+    """Boards per assignment, recomputed only when a grade arrives, the history file changes or
+    (the war) the kept artifacts do. One computation per board at a time: requests that meet
+    one under way wait for it and share its result."""
 
-    def __init__(self, subs: Submissions, assignments: dict[str, Assignment]) -> None:
+    def __init__(self, subs: Submissions, assignments: dict[str, Assignment],
+                 boards: dict[str, Board] | None = None) -> None:
         self.subs = subs
         self.assignments = assignments
+        self.boards = dict(boards or {})
         self._cache: dict[tuple, tuple[tuple, object]] = {}
         self._lock = threading.Lock()
+        self._computing: dict[tuple, threading.Lock] = {}
 
     def board(self, ident: str, *, final: bool, pseudonyms: bool):
         """The :class:`autograder.leaderboard.Board` of ``ident``: the best graded upload or
-        autograded notebook per student."""
+        autograded notebook per student (a :class:`Board`: the course's own board)."""
+        if ident in self.boards:
+            b = self.boards[ident]
+            key = (ident, final, pseudonyms)
+            with self._lock:
+                gate = self._computing.setdefault(key, threading.Lock())
+            with gate:
+                version = b.version()
+                with self._lock:
+                    hit = self._cache.get(key)
+                if hit and hit[0] == version:
+                    return hit[1]
+                board = b.board(final=final, pseudonyms=pseudonyms)
+                with self._lock:
+                    self._cache[key] = (version, board)
+                return board
+        return self._upload_board(ident, final=final, pseudonyms=pseudonyms)
+
+    def _upload_board(self, ident: str, *, final: bool, pseudonyms: bool):
         from autograder.leaderboard import Entry, board_metrics, history_path, rank, read_history
 
         a = self.assignments[ident]
