@@ -509,3 +509,42 @@ def test_the_live_server_board_plays_the_war_again_when_the_autograder_keeps_new
             assert len(http.get(f"/leaderboard/{A}.json").json()["tournament"]["attackers"]) == 4
     finally:
         app.state.store.close()
+
+
+def test_a_board_being_played_again_answers_with_the_last_one_meanwhile(ref, war_course):
+    """Viewers of a war board whose tournament is being played again (new artifacts kept) get
+    the last board at once instead of waiting in the server's threads; the next one after it
+    is the new board."""
+    import threading
+
+    from maestro.server.submissions import Board, Leaderboards
+
+    class Held(Board):  # the real board, held back until the test lets it go
+        started, go = threading.Event(), threading.Event()
+
+        def board(self, **kw):
+            self.started.set()
+            assert self.go.wait(120)
+            return super().board(**kw)
+
+    board = Held(war_course, A)
+    boards = Leaderboards(None, {}, {A: board})
+    board.go.set()
+    first = boards.board(A, final=False, pseudonyms=False)
+    assert boards.board(A, final=False, pseudonyms=False) is first  # nothing changed: cached
+    board.go.clear()
+    board.started.clear()
+    _keep_artifacts(war_course, A, "gus", ref["artifacts"])
+    try:
+        new = {}
+        worker = threading.Thread(target=lambda: new.setdefault("board", boards.board(A, final=False, pseudonyms=False)))
+        worker.start()
+        assert board.started.wait(120)
+        assert boards.board(A, final=False, pseudonyms=False) is first  # at once, while gus is played in
+        board.go.set()
+        worker.join(120)
+        assert new["board"].matrix["attackers"] == ["ann", "bob", "cy", "dee", "gus"]
+        assert boards.board(A, final=False, pseudonyms=False) is new["board"]
+    finally:
+        board.go.set()
+        shutil.rmtree(kept_artifacts(war_course, A) / "gus")

@@ -545,8 +545,9 @@ def _alive(pid: int) -> bool:
 # -- leaderboards ---------------------------------------------------------------------------------
 class Leaderboards:
     """Boards per assignment, recomputed only when a grade arrives, the history file changes or
-    (the war) the kept artifacts do. One computation per board at a time: requests that meet
-    one under way wait for it and share its result."""
+    (the war) the kept artifacts do. One computation per :class:`Board` at a time: a request
+    that meets one under way gets the board it replaces (a war's tournament can take a while;
+    viewers must not pile up in the server's threads behind it), or waits for the first one."""
 
     def __init__(self, subs: Submissions, assignments: dict[str, Assignment],
                  boards: dict[str, Board] | None = None) -> None:
@@ -565,7 +566,10 @@ class Leaderboards:
             key = (ident, final, pseudonyms)
             with self._lock:
                 gate = self._computing.setdefault(key, threading.Lock())
-            with gate:
+                hit = self._cache.get(key)
+            if not gate.acquire(blocking=hit is None):
+                return hit[1]  # being played again right now: the last board meanwhile
+            try:
                 version = b.version()
                 with self._lock:
                     hit = self._cache.get(key)
@@ -575,6 +579,8 @@ class Leaderboards:
                 with self._lock:
                     self._cache[key] = (version, board)
                 return board
+            finally:
+                gate.release()
         return self._upload_board(ident, final=final, pseudonyms=pseudonyms)
 
     def _upload_board(self, ident: str, *, final: bool, pseudonyms: bool):
