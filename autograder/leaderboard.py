@@ -301,10 +301,11 @@ def read_history(course, assignment: str) -> list[Entry]:
 
 
 def from_course(course, assignment: str, *, final: bool = False, pseudonyms: bool = False,
-                prepared=None, home=None) -> Board:
+                prepared=None, home=None, memo: dict | None = None) -> Board:
     """The leaderboard of ``assignment`` in an nbgrader course folder made by ``maestro course
     init`` (pseudonyms keyed by the course secret). The war: ``prepared`` is its unit's
-    ``prepare`` (made here when None), ``home`` the model zoo of its reference players."""
+    ``prepare`` (made here when None), ``home`` the model zoo of its reference players, ``memo``
+    what :func:`autograder.units.war.tournament_matrix` may keep from call to call."""
     from .config import load_config
     from .course import read_secret
 
@@ -315,7 +316,7 @@ def from_course(course, assignment: str, *, final: bool = False, pseudonyms: boo
         from .units.war import tournament_matrix
 
         matrix = tournament_matrix(course, cfg, read_secret(course), part="private" if final else "public",
-                                   prepared=prepared, home=home)
+                                   prepared=prepared, home=home, memo=memo)
         return tournament(matrix, pseudonyms=secret, assignment=assignment, title=cfg.title or assignment,
                           max_score=cfg.max_score, final=final, history=read_history(course, assignment))
     board = rank(read_history(course, assignment), final=final, pseudonyms=secret,

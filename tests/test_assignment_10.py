@@ -434,6 +434,29 @@ def test_tournament_references_agree_with_the_per_submission_score(ref, war):
         tournament_matrix(war["course"], ref["cfg"], SECRET, part="hidden", prepared=ref["prepared"])
 
 
+def test_the_tournament_memo_plays_again_only_what_changed(ref, war, tmp_path):
+    """A live board's memo: cells of players whose artifacts stayed are not played again; a
+    player the driver keeps anew (a new folder) is, row and column; what is gone leaves it."""
+    course = war["course"]
+    memo: dict = {}
+    assert tournament_matrix(course, ref["cfg"], SECRET, prepared=ref["prepared"], memo=memo) == war["matrix"]
+    assert sum(k[0] == "cell" for k in memo) == 6  # attacks of ann, bob, dee × defenses of ann, bob
+    ann_bob = next(k for k in memo if k[:3] == ("cell", "public", "ann") and k[4] == "bob")
+    ann_ann = next(k for k in memo if k[:3] == ("cell", "public", "ann") and k[4] == "ann")
+    memo[ann_bob] = memo[ann_ann] = 0.123  # marks: read back only where nothing was played again
+    cells = tournament_matrix(course, ref["cfg"], SECRET, prepared=ref["prepared"], memo=memo)["cells"]
+    assert cells[0][0] == cells[0][1] == 0.123
+    # bob's next run is kept (the same files, a new folder): his row and column are played again
+    shutil.copytree(kept_artifacts(course, A) / "bob", tmp_path / "bob")
+    _keep_artifacts(course, A, "bob", {f.name: f for f in (tmp_path / "bob").iterdir()})
+    again = tournament_matrix(course, ref["cfg"], SECRET, prepared=ref["prepared"], memo=memo)
+    assert again["cells"][0][1] == war["matrix"]["cells"][0][1] != 0.123
+    assert again["cells"][0][0] == 0.123  # ann against ann: untouched
+    assert sum(k[0] == "player" and k[2] == "bob" for k in memo) == 1  # the old bob is forgotten
+    assert sum(k[0] == "cell" for k in memo) == 6  # and his cells with him
+    assert again["problems"] == war["matrix"]["problems"]
+
+
 def test_an_empty_course_has_an_empty_matrix(ref, tmp_path):
     m = tournament_matrix(tmp_path, ref["cfg"], SECRET, prepared=ref["prepared"])
     assert m["attackers"] == m["defenders"] == [] and m["cells"] == [] and m["problems"] == {}

@@ -52,7 +52,7 @@ import torch
 from . import Kind, Prepared
 
 __all__ = ["KIND", "Reference", "RobustRecipe", "WarKind", "WarSpec", "WarState", "robust_seed",
-           "tournament_matrix"]
+           "kept_stamp", "tournament_matrix"]
 
 #: the prefix of the reference players' names in a tournament matrix (no student id has a "/")
 REFERENCE = "reference/"
@@ -442,8 +442,21 @@ KIND = WarKind()
 
 
 # -- the tournament -------------------------------------------------------------------------------
+def kept_stamp(folder: Path) -> tuple:
+    """What identifies one player's kept artifacts: the folder and its files (the driver replaces
+    a player's folder whole, by a rename; a file changed by hand changes its own stat)."""
+    def stat(path):
+        st = path.stat()
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    try:
+        return (stat(folder), *sorted((f.name, stat(Path(f.path))) for f in os.scandir(folder)))
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+
+
 def tournament_matrix(course, config, secret, *, part: str = "public", references: bool = False,
-                      home=None, prepared: Prepared | None = None) -> dict:
+                      home=None, prepared: Prepared | None = None, memo: dict | None = None) -> dict:
     """Every kept attack against every kept defense of ``config``'s assignment in ``course``.
 
     Reads ``autograder.driver.kept_artifacts(course, config.id) / <student>/`` (each student's
@@ -454,7 +467,10 @@ def tournament_matrix(course, config, secret, *, part: str = "public", reference
     ``references``: add the two reference players (names starting with ``reference/``): the
     reference defenses, each with its PGD attack — a board with few students still has opponents.
     ``prepared``: this course's :meth:`WarKind.prepare` (made here when None; pass it to build
-    the public and the private matrix from one).
+    the public and the private matrix from one). ``memo``: a dict kept from call to call (a live
+    board's): each player's checked artifacts and each played cell are kept under the players'
+    :func:`kept_stamp`, so after one new player a call loads that one and plays only its row
+    and column (O(N) cells, not O(N²)); what no longer matches is dropped from it.
 
     Returns what :func:`autograder.leaderboard.tournament` takes: ``{"attackers": [ids],
     "defenders": [ids], "cells": [[share of the part's images defender j misclassifies at
@@ -479,31 +495,56 @@ def tournament_matrix(course, config, secret, *, part: str = "public", reference
     defenses: dict[str, object] = {}
     attacks: dict[str, torch.Tensor] = {}
     problems: dict[str, list[str]] = {}
+    stamps: dict[str, tuple] = {}
+    kept: dict = {}  # what memo keeps after this call
     for who in players:
         folder = root / who
-        found = {f.name for f in folder.iterdir()}
-        said = problems.setdefault(who, [])
-        model, why = _load_defense(config, folder / spec.defense_file if spec.defense_file in found else None, home)
-        why = why or _finite_logits(model, x, spec.defense_file)
-        if why:
-            said.append(f"defense: {why}")
+        stamps[who] = kept_stamp(folder)
+        key = ("player", part, who, stamps[who])
+        if memo is not None and key in memo:
+            model, x_adv, said = memo[key]
         else:
+            found = {f.name for f in folder.iterdir()}
+            said = []
+            model, why = _load_defense(config, folder / spec.defense_file if spec.defense_file in found else None, home)
+            why = why or _finite_logits(model, x, spec.defense_file)
+            if why:
+                said.append(f"defense: {why}")
+                model = None
+            x_adv, why = _load_attack(config, folder / spec.attack_file if spec.attack_file in found else None, x)
+            why = why or _violations(config, x, x_adv, rows)
+            if why:
+                said.append(f"attack: {why}")
+                x_adv = None
+            else:
+                x_adv = x_adv[idx].to(x.dtype)
+        kept[key] = (model, x_adv, said)
+        if model is not None:
             defenses[who] = model
-        x_adv, why = _load_attack(config, folder / spec.attack_file if spec.attack_file in found else None, x)
-        why = why or _violations(config, x, x_adv, rows)
-        if why:
-            said.append(f"attack: {why}")
-        else:
-            attacks[who] = x_adv[idx].to(x.dtype)
-        if not said:
-            problems.pop(who)
+        if x_adv is not None:
+            attacks[who] = x_adv
+        if said:
+            problems[who] = list(said)
     if references:
         for r in st.references:
             name = REFERENCE + r.name
             players.append(name)
+            stamps[name] = ("reference",)
             defenses[name], attacks[name] = r.model, r.x_adv[idx]
     yy = y[idx]
-    cells = [[_error_rate(defenses[d], attacks[a], yy) if a in attacks and d in defenses else None
-              for d in players] for a in players]
+
+    def play(a: str, d: str):
+        if a not in attacks or d not in defenses:
+            return None
+        key = ("cell", part, a, stamps[a], d, stamps[d])
+        value = memo[key] if memo is not None and key in memo else _error_rate(defenses[d], attacks[a], yy)
+        kept[key] = value
+        return value
+
+    cells = [[play(a, d) for d in players] for a in players]
+    if memo is not None:  # keep only what still matches; another part's entries stay
+        for key in [k for k in memo if k[1] == part]:
+            del memo[key]
+        memo.update(kept)
     return {"attackers": list(players), "defenders": list(players), "cells": cells, "part": part,
             "n": len(idx), "problems": problems}

@@ -206,6 +206,8 @@ class Board:
         self.home = home
         self.war = self.config.kind == "war"
         self._prepared = None  # the war's hidden images and reference players, made once
+        self._memo: dict = {}  # the war's players and played cells (see tournament_matrix)
+        self._lock = threading.Lock()  # one computation of this board at a time (the memo's)
 
     def version(self) -> tuple:
         """Changes when the board may: the grade history, and for the war each kept player's
@@ -222,22 +224,25 @@ class Board:
 
         out: tuple = (stat(history_path(self.course, self.id)),)
         if self.war:
+            from autograder.units.war import kept_stamp
+
             root = kept_artifacts(self.course, self.id)
             try:
                 names = sorted(os.listdir(root))
             except FileNotFoundError:
                 names = []
-            out += tuple((n, stat(root / n)) for n in names if not n.startswith("."))
+            out += tuple((n, kept_stamp(root / n)) for n in names if not n.startswith("."))
         return out
 
     def board(self, *, final: bool, pseudonyms: bool):
         from autograder import units
         from autograder.leaderboard import from_course
 
-        if self.war and self._prepared is None:
-            self._prepared = units.get("war").prepare(self.config, self.secret, home=self.home)
-        return from_course(self.course, self.id, final=final, pseudonyms=pseudonyms, prepared=self._prepared,
-                           home=self.home)
+        with self._lock:
+            if self.war and self._prepared is None:
+                self._prepared = units.get("war").prepare(self.config, self.secret, home=self.home)
+            return from_course(self.course, self.id, final=final, pseudonyms=pseudonyms, home=self.home,
+                               prepared=self._prepared, memo=self._memo if self.war else None)
 
     def info(self) -> dict:
         return {"id": self.id, "title": self.config.title or self.id, "uploads": False,
