@@ -540,9 +540,9 @@ def test_a_board_being_played_again_answers_with_the_last_one_meanwhile(ref, war
     is the new board."""
     import threading
 
-    from maestro.server.submissions import Board, Leaderboards
+    from maestro.server.submissions import BoardOnly, Leaderboards
 
-    class Held(Board):  # the real board, held back until the test lets it go
+    class Held(BoardOnly):  # the real board, held back until the test lets it go
         started, go = threading.Event(), threading.Event()
 
         def board(self, **kw):

@@ -21,7 +21,7 @@ trusted scorer (:func:`autograder.scoring.score_submission`), and the live leade
   part's reason, never labels, never per-example values (the scorer outputs none);
 * :class:`Leaderboards` — :func:`autograder.leaderboard.rank` over the graded server
   submissions merged with the notebook grades of ``maestro autograde`` (``read_history``); for
-  a :class:`Board` (``[submissions] boards``: an assignment graded by ``maestro autograde``
+  a :class:`BoardOnly` (``[submissions] boards``: an assignment graded by ``maestro autograde``
   alone) the course's own board (:func:`autograder.leaderboard.from_course`), which for the
   attack-vs-defense war is the tournament of every kept attack against every kept defense,
   played again when the autograder keeps new artifacts.
@@ -185,7 +185,7 @@ def load_assignments(cfg: SubmissionsConfig, course: Path, home=None) -> dict[st
     return {a: Assignment(course, a, home) for a in cfg.assignments}
 
 
-class Board:
+class BoardOnly:
     """A ``[submissions] boards`` assignment: shown on a live leaderboard, graded by ``maestro
     autograde`` alone (no uploads)."""
 
@@ -250,8 +250,8 @@ class Board:
                 "graded_by": "maestro autograde (submit the notebook through nbgrader)"}
 
 
-def load_boards(cfg: SubmissionsConfig, course: Path, home=None) -> dict[str, Board]:
-    return {a: Board(course, a, home) for a in cfg.boards}
+def load_boards(cfg: SubmissionsConfig, course: Path, home=None) -> dict[str, BoardOnly]:
+    return {a: BoardOnly(course, a, home) for a in cfg.boards}
 
 
 # -- uploads ----------------------------------------------------------------------------------
@@ -550,12 +550,12 @@ def _alive(pid: int) -> bool:
 # -- leaderboards ---------------------------------------------------------------------------------
 class Leaderboards:
     """Boards per assignment, recomputed only when a grade arrives, the history file changes or
-    (the war) the kept artifacts do. One computation per :class:`Board` at a time: a request
+    (the war) the kept artifacts do. One computation per :class:`BoardOnly` at a time: a request
     that meets one under way gets the board it replaces (a war's tournament can take a while;
     viewers must not pile up in the server's threads behind it), or waits for the first one."""
 
     def __init__(self, subs: Submissions, assignments: dict[str, Assignment],
-                 boards: dict[str, Board] | None = None) -> None:
+                 boards: dict[str, BoardOnly] | None = None) -> None:
         self.subs = subs
         self.assignments = assignments
         self.boards = dict(boards or {})
@@ -565,7 +565,7 @@ class Leaderboards:
 
     def board(self, ident: str, *, final: bool, pseudonyms: bool):
         """The :class:`autograder.leaderboard.Board` of ``ident``: the best graded upload or
-        autograded notebook per student (a :class:`Board`: the course's own board)."""
+        autograded notebook per student (a :class:`BoardOnly`: the course's own board)."""
         if ident in self.boards:
             b = self.boards[ident]
             key = (ident, final, pseudonyms)
