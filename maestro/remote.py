@@ -1,4 +1,5 @@
-"""A client for the Maestro model server with the methods of :class:`maestro.ModelWrapper`.
+"""Clients for the Maestro model server: :class:`RemoteModel`, one task with the methods of
+:class:`maestro.ModelWrapper`, and :class:`RemoteAssignment`, one assignment's graded uploads.
 
     oracle = maestro.remote.connect("http://127.0.0.1:8000", token, "digits-scores")
     oracle = maestro.remote.connect("unix:///run/maestro/oracle.sock", token, "digits-scores")
@@ -7,9 +8,13 @@
     oracle.predict(x); oracle.remaining
     maestro.attacks.SquareAttack(threat)(oracle, x, y)      # attacks run unchanged
 
+    course = maestro.remote.assignment(url, token, "01-whitebox")   # graded uploads
+    x = course.inputs(); sub = course.submit(x_adv=x_adv); course.result(sub)["score"]
+
 Methods beyond the task's access level raise :class:`~maestro.errors.AccessDenied` before
 anything is sent; the server's 401/403 become ``AccessDenied``, 429 (budget spent)
-``QueryBudgetExceeded`` and 422 ``ValueError``, each with the server's message. Image inputs to
+``QueryBudgetExceeded``, 404/413/422 ``ValueError`` and other 429s (the day's upload limit)
+``RemoteError``, each with the server's message. Image inputs to
 predict/proba/logits travel as raw ``.npy`` bodies both ways (``application/x-npy``), other arrays
 as base64 ``.npy`` in JSON. A rate-limited request (429 with Retry-After) is retried a few times.
 """
@@ -29,7 +34,7 @@ from .errors import AccessDenied, MaestroError, QueryBudgetExceeded
 from .text import TokenBatch
 from .wrapper import _RANK
 
-__all__ = ["RemoteError", "RemoteModel", "connect"]
+__all__ = ["RemoteAssignment", "RemoteError", "RemoteModel", "assignment", "connect"]
 
 
 class RemoteError(MaestroError):
@@ -73,33 +78,32 @@ def _endpoint(url) -> str:
     raise ValueError(f"url must start with http://, https:// or unix:// (a socket path), got {url!r}")
 
 
-class RemoteModel:
-    """One task of a Maestro server, seen as a model wrapper (see :func:`connect`)."""
+class _Server:
+    """Requests to one Maestro server with one token; the server's errors become the kit's (see
+    the module docstring)."""
 
-    def __init__(self, url: str, token: str, task: str, *, timeout: float = 60.0, retries: int = 5,
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0, retries: int = 5,
                  ca: str | None = None) -> None:
         from ._http import HTTPClient
 
+        if not isinstance(token, str) or not token:
+            raise ValueError("token: pass the token from `maestro tokens create`")
         self.url = _endpoint(url)
-        self.task = task
         self.retries = int(retries)
         if ca is not None and not self.url.startswith("https://"):
             raise ValueError(f"ca= is the certificate of an https:// server; {self.url} is not one")
         self._http = HTTPClient(self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout,
                                 connect_timeout=10.0, cafile=ca)
-        self._lock = threading.Lock()
-        self._queries = 0
-        self._gradient_queries = 0
-        self.refresh()
-        self.batch_size = int(self._info.get("max_batch") or 256)  # inputs per request
 
-    # -- transport -------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kw) -> dict:
-        return self._send(method, path, **kw).json()
+    def close(self) -> None:
+        self._http.close()
 
-    def _send(self, method: str, path: str, **kw):
+    def json(self, method: str, path: str, **kw) -> dict:
+        return self.send(method, path, **kw).json()
+
+    def send(self, method: str, path: str, *, on_budget=None, **kw):
         """The server's answer (status under 400); errors raised as described in the module's
-        docstring."""
+        docstring (``on_budget()`` runs before a spent budget is raised)."""
         from ._http import ConnectError, HTTPError, TLSError
 
         for attempt in range(self.retries + 1):
@@ -110,8 +114,8 @@ class RemoteModel:
                 if self.url.startswith("unix://") and isinstance(err, ConnectError):
                     hint = " (is the server running, and is its socket bound where you are?)"
                 elif isinstance(err, TLSError) and err.untrusted:
-                    hint = (" — if your course runs its own certificate, pass its file: "
-                            "maestro.remote.connect(url, token, task, ca='course-ca.pem')")
+                    hint = (" — if your course runs its own certificate, pass its file (from your "
+                            "instructor) as ca='course-ca.pem' to maestro.remote.connect or .assignment")
                 elif isinstance(err, TLSError):
                     hint = " — try the same address with http://"
                 elif self.url.startswith("http://") and "closed the connection" in str(err):
@@ -134,14 +138,35 @@ class RemoteModel:
             raise AccessDenied(f"server: {detail}")
         if r.status_code == 429:
             if "budget" in detail:
-                self._sync_remaining()
+                if on_budget is not None:
+                    on_budget()
                 raise QueryBudgetExceeded(f"server: {detail}")
             raise RemoteError(f"server: {detail}")
-        if r.status_code in (413, 422):
-            raise ValueError(f"server: {detail}")
-        if r.status_code == 404:
+        if r.status_code in (404, 413, 422):
             raise ValueError(f"server: {detail}")
         raise RemoteError(f"server answered {r.status_code}: {detail}")
+
+
+class RemoteModel:
+    """One task of a Maestro server, seen as a model wrapper (see :func:`connect`)."""
+
+    def __init__(self, url: str, token: str, task: str, *, timeout: float = 60.0, retries: int = 5,
+                 ca: str | None = None) -> None:
+        self._server = _Server(url, token, timeout=timeout, retries=retries, ca=ca)
+        self.url = self._server.url
+        self.task = task
+        self._lock = threading.Lock()
+        self._queries = 0
+        self._gradient_queries = 0
+        self.refresh()
+        self.batch_size = int(self._info.get("max_batch") or 256)  # inputs per request
+
+    # -- transport -------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw) -> dict:
+        return self._send(method, path, **kw).json()
+
+    def _send(self, method: str, path: str, **kw):
+        return self._server.send(method, path, on_budget=self._sync_remaining, **kw)
 
     def refresh(self) -> dict:
         """Fetch the task's description (classes, shape, bounds, access, budget left)."""
@@ -227,7 +252,7 @@ class RemoteModel:
         return f"RemoteModel({self.task} at {self.url}, modality={self.modality}, access={self.access}, budget={budget})"
 
     def close(self) -> None:
-        self._http.close()
+        self._server.close()
 
     def __enter__(self) -> RemoteModel:
         return self
@@ -432,6 +457,162 @@ def _labels(y, n: int, k: int, arg: str) -> torch.Tensor:
     return y.long()
 
 
+class RemoteAssignment:
+    """One assignment of a Maestro server that takes uploads (see :func:`assignment`): its hidden
+    inputs, uploads of its artifacts, their grades, the leaderboard."""
+
+    def __init__(self, url: str, token: str, ident: str, *, timeout: float = 60.0, retries: int = 5,
+                 ca: str | None = None) -> None:
+        from urllib.parse import quote
+
+        self._server = _Server(url, token, timeout=timeout, retries=retries, ca=ca)
+        self.url = self._server.url
+        self.id = ident
+        self._path = f"/v1/assignments/{quote(ident, safe='')}"
+        self._inputs: torch.Tensor | None = None
+        self._targets: torch.Tensor | None = None
+        self.refresh()
+
+    def refresh(self) -> dict:
+        """Fetch the assignment's description (artifacts, threat models, limits, uploads left)."""
+        self.info = self._server.json("GET", self._path)
+        return self.info
+
+    def close(self) -> None:
+        self._server.close()
+
+    def __enter__(self) -> RemoteAssignment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        left = self.info.get("uploads_left_today")
+        return (f"RemoteAssignment({self.id} at {self.url}, artifacts={list(self.files)}"
+                + (f", uploads left today={left}" if left is not None else "") + ")")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The artifact files the assignment grades, in order (the first is ``submit``'s default)."""
+        return tuple(a["file"] for a in self.info["artifacts"])
+
+    def threat_for(self, file: str | None = None):
+        """The :class:`maestro.ThreatModel` of artifact ``file`` (default: the first)."""
+        from .threat import ThreatModel
+
+        art = self._artifact(file or self.files[0])
+        t = art["threat"]
+        return ThreatModel(t["norm"], t["eps"], bounds=tuple(t["bounds"]), atol=t.get("atol", 1e-6))
+
+    @property
+    def threat(self):
+        """The first artifact's threat model."""
+        return self.threat_for()
+
+    def _artifact(self, file: str) -> dict:
+        for a in self.info["artifacts"]:
+            if a["file"] == file:
+                return a
+        raise ValueError(f"{self.id} has no artifact {file!r}; its artifacts: {', '.join(self.files)}")
+
+    def _fetch_inputs(self) -> None:
+        ans = self._server.json("GET", f"{self._path}/inputs")
+        self._inputs = torch.from_numpy(_from_npy(ans["inputs"]).copy())
+        if "targets" in ans:
+            self._targets = torch.from_numpy(_from_npy(ans["targets"]).copy())
+
+    def inputs(self) -> torch.Tensor:
+        """The hidden inputs to attack, in the order the artifacts' rows must keep (never their
+        labels). Fetched once."""
+        if self._inputs is None:
+            self._fetch_inputs()
+        return self._inputs
+
+    def targets(self) -> torch.Tensor | None:
+        """The grader's target class of each input, for targeted artifacts (None without any)."""
+        if self._inputs is None:
+            self._fetch_inputs()
+        return self._targets
+
+    def submit(self, arrays: dict | None = None, *, check: bool = True, **named) -> dict:
+        """Upload artifacts for grading: ``submit(x_adv=..., x_adv_l2=...)`` (a keyword is the
+        file's name without ``.npy``) or ``submit({"x_adv.npy": ...})``; tensors or arrays, any
+        that the assignment lists (a missing one scores 0 on its own terms). Returns the
+        submission (``id``, ``status``); :meth:`result` waits for its grade.
+
+        Each array is checked here first — shape, and with ``check`` its threat model against
+        :meth:`inputs` — so a mistake costs no upload of the day's limit: ``ValueError`` or
+        :class:`maestro.ThreatModelViolation` say what is wrong."""
+        from .errors import ThreatModelViolation
+
+        given = {**(arrays or {}), **{f"{k}.npy": v for k, v in named.items()}}
+        if not given:
+            raise ValueError(f"nothing to submit: pass the arrays, e.g. submit({self.files[0][:-4]}=x_adv)")
+        body = {}
+        for file, value in given.items():
+            art = self._artifact(file if file.endswith(".npy") else f"{file}.npy")
+            file = art["file"]
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().numpy()
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "fiu":
+                raise TypeError(f"{file}: expected a numeric array, got {arr.dtype}")
+            arr = arr.astype(art["dtype"], copy=False)
+            if list(arr.shape) != list(art["shape"]):
+                raise ValueError(f"{file}: expected shape {tuple(art['shape'])} (one row per input, in the "
+                                 f"order of inputs()), got {arr.shape}")
+            if check:
+                x = self.inputs()
+                try:
+                    self.threat_for(file).check(x, torch.from_numpy(arr).to(x.dtype))
+                except ThreatModelViolation as err:
+                    raise ThreatModelViolation(f"{file}: {err} (nothing was uploaded; check=False "
+                                               "uploads it anyway, to be graded 0 on its terms)",
+                                               violations=err.violations) from None
+            body[file] = _npy(arr)
+        ans = self._server.json("POST", f"{self._path}/submissions", json={"artifacts": body})
+        if self.info.get("uploads_left_today") is not None:
+            self.info["uploads_left_today"] = max(0, self.info["uploads_left_today"] - 1)
+        return ans
+
+    def result(self, submission, *, wait: bool = True, timeout: float = 600.0, poll: float = 1.0) -> dict:
+        """A submission's status and grade (``submission``: the dict :meth:`submit` returned, or
+        its id). ``wait``: until it is graded or failed, at most ``timeout`` seconds."""
+        from urllib.parse import quote
+
+        sid = submission["id"] if isinstance(submission, dict) else str(submission)
+        deadline = time.monotonic() + float(timeout)
+        while True:
+            ans = self._server.json("GET", f"/v1/submissions/{quote(sid, safe='')}")
+            if not wait or ans["status"] in ("graded", "failed"):
+                return ans
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"submission {sid} is still {ans['status']} after {timeout:g} s; "
+                                   "result(..., timeout=...) waits longer — nothing is lost meanwhile")
+            time.sleep(poll)
+
+    def submissions(self) -> list[dict]:
+        """Your submissions of this assignment, newest first as the server lists them."""
+        return self._server.json("GET", f"{self._path}/submissions")["submissions"]
+
+    def leaderboard(self) -> dict:
+        """The ranking (public part until the deadline)."""
+        return self._server.json("GET", f"{self._path}/leaderboard")
+
+
+def assignment(url: str, token: str, ident: str, *, timeout: float = 60.0, ca: str | None = None) -> RemoteAssignment:
+    """A :class:`RemoteAssignment` for the assignment ``ident`` on the server at ``url``.
+
+        course = maestro.remote.assignment(url, token, "01-whitebox")
+        x, targets = course.inputs(), course.targets()
+        sub = course.submit(x_adv=x_adv, x_adv_l2=x_adv_l2, x_adv_targeted=x_tgt)
+        course.result(sub)["score"]
+
+    ``ca`` as for :func:`connect`."""
+    return RemoteAssignment(url, token, ident, timeout=timeout, ca=ca)
+
+
 def connect(url: str, token: str, task: str, *, timeout: float = 60.0, ca: str | None = None) -> RemoteModel:
     """A :class:`RemoteModel` for ``task`` on the server at ``url``, authenticated by ``token``.
 
@@ -439,8 +620,6 @@ def connect(url: str, token: str, task: str, *, timeout: float = 60.0, ca: str |
     UNIX socket, e.g. the grader's oracle bound into a sandbox that has no network).
     ``ca``: for an https server whose certificate the system does not trust (a course's own, as
     ``maestro serve --certfile`` may use), the PEM file of that certificate or of its authority."""
-    if not isinstance(token, str) or not token:
-        raise ValueError("token: pass the token from `maestro tokens create`")
     return RemoteModel(url, token, task, timeout=timeout, ca=ca)
 
 

@@ -612,3 +612,45 @@ def test_maestro_serve_a_course_folder(course, tmp_path):
     assert code in (0, -signal.SIGTERM) and "Traceback" not in log.read_text(), log.read_text()
     assert "leaderboard: http://127.0.0.1" in log.read_text()
     assert "/leaderboard/10-war" in log.read_text() and "leaderboards of 02-blackbox-scores" in log.read_text()
+
+
+def test_the_python_client_fetches_submits_and_waits_for_the_grade(server, task):
+    """maestro.remote.assignment — what a student's notebook uses instead of raw HTTP: inputs
+    and targets, mistakes caught before an upload is spent, an upload, its grade, the board."""
+    token = server.store.create_token("fran")
+    with maestro.remote.assignment(server.url, token, A) as course:
+        assert course.files == ("x_adv.npy", "x_adv_l2.npy", "x_adv_targeted.npy")
+        assert course.threat.norm == "linf" and course.threat.eps == task.info["threat"]["eps"]
+        assert course.threat_for("x_adv_l2.npy").norm == "l2"
+        np.testing.assert_array_equal(course.inputs().numpy(), task.x)
+        np.testing.assert_array_equal(course.targets().numpy(), task.targets)
+        left = course.info["uploads_left_today"]
+        assert left == 4 and "uploads left today=4" in repr(course)
+        # mistakes are caught here: nothing is stored, no upload of the day is spent
+        over = np.clip(task.x + 0.3, 0, 1)
+        with pytest.raises(maestro.ThreatModelViolation, match=r"(?s)x_adv\.npy: .*nothing was uploaded"):
+            course.submit(x_adv=over)
+        with pytest.raises(ValueError, match="expected shape"):
+            course.submit(x_adv=task.pgd[:10])
+        with pytest.raises(ValueError, match="no artifact 'x_adv_l1.npy'"):
+            course.submit(x_adv_l1=task.pgd)
+        with pytest.raises(ValueError, match="nothing to submit"):
+            course.submit()
+        assert course.submissions() == [] and course.refresh()["uploads_left_today"] == left
+        # a tensor and an array, by keyword and by file name; the L2 file left out
+        sub = course.submit({"x_adv_targeted.npy": task.toward}, x_adv=torch.from_numpy(task.pgd))
+        assert sub["status"] == "queued" and course.info["uploads_left_today"] == left - 1
+        graded = course.result(sub, timeout=300)
+        assert graded["status"] == "graded" and graded["score"] > 0
+        l2 = _part(graded, "L2 attack success rate")  # the public part: fran's view before the deadline
+        assert l2["points"] == 0 and l2["reason"].startswith("x_adv_l2.npy was not uploaded")
+        assert _part(graded, "targeted success rate")["points"] > 0
+        assert [s["id"] for s in course.submissions()] == [sub["id"]]
+        assert "fran" in [r["name"] for r in course.leaderboard()["rows"]]
+        # check=False sends a violating array anyway: graded, 0 on its own terms
+        late = course.result(course.submit(x_adv=over, check=False), timeout=300)
+        assert late["status"] == "graded" and late["score"] < graded["score"]
+    with pytest.raises(ValueError, match="unknown assignment 'nope'"):
+        maestro.remote.assignment(server.url, token, "nope")
+    with pytest.raises(maestro.AccessDenied):
+        maestro.remote.assignment(server.url, "mt_not-a-token", A)
