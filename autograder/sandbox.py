@@ -413,10 +413,13 @@ def run_notebook(
               "wall_seconds": limits.wall_seconds, "skip_tag": SKIP_TAG, "kernel": kernel}
     python = sys.executable
     env = _sandbox_env(f"{root_work}/home", tmp, zoo, str(Path(python).parent))
+    gpu_libraries = gpu_library_dirs() if gpu_devices else []
     if gpu_devices:  # the grader's choice of cards (all of them if it made none)
         env.pop("CUDA_VISIBLE_DEVICES")
         if "CUDA_VISIBLE_DEVICES" in os.environ:
             env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+        if gpu_libraries:
+            env["LD_LIBRARY_PATH"] = ":".join(gpu_libraries)
 
     read_fd, write_fd = os.pipe()
     gate_r, gate_w = os.pipe()
@@ -425,7 +428,7 @@ def run_notebook(
     try:
         if sandbox == "bwrap":
             argv, opened = _bwrap_argv(limits, python, work, staged_inputs, maestro_home,
-                                       socket_paths, gpu_devices)
+                                       socket_paths, gpu_devices, gpu_libraries)
         else:
             argv = _fallback_argv()
         argv += [python, "-I", runner, json.dumps(config), str(write_fd)]
@@ -633,8 +636,10 @@ def _copy_executed(work: Path, dest: Path, limits: Limits) -> Path | None:
 
 def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
                 maestro_home: str | os.PathLike[str] | None,
-                sockets: list[Path] = (), devices: list[str] = ()) -> tuple[list[str], list[int]]:
-    """The bwrap command line; host folders travel as O_PATH fds (opened here, as root)."""
+                sockets: list[Path] = (), devices: list[str] = (),
+                libraries: list[str] = ()) -> tuple[list[str], list[int]]:
+    """The bwrap command line; host folders travel as O_PATH fds (opened here, as root).
+    ``devices``: the GPU's device nodes; ``libraries``: folders of its driver's libraries."""
     fds: list[int] = []
 
     def ro(src: str | Path, dest: str | Path) -> list[str]:
@@ -672,10 +677,27 @@ def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise ValueError(f"sockets: {str(sock)!r} is no longer a UNIX socket")
         argv += ["--ro-bind-fd", str(fd), str(sock)]
-    for dev in devices:  # the GPU: its device nodes (the driver's libraries are under /usr)
+    for dev in devices:  # the GPU: its device nodes
         argv += ["--dev-bind", dev, dev]
+    for lib in libraries:  # and its driver's libraries where /usr does not hold them
+        if not lib.startswith("/usr/"):
+            argv += ro(lib, lib)
     argv += ["--chdir", "/sandbox/work"]
     return argv, fds
+
+
+def gpu_library_dirs(env=None) -> list[str]:
+    """The folders of ``LD_LIBRARY_PATH`` (the grader's, or ``env``'s) that hold the NVIDIA
+    driver's user-space library (``libcuda.so*``): hosts that keep it outside the linker's cache
+    (``/usr/local/nvidia/lib64`` in many GPU containers) find it only there, so a GPU sandbox
+    gets those folders (read-only) and the same path, or its CUDA would silently be missing."""
+    env = os.environ if env is None else env
+    out: list[str] = []
+    for d in env.get("LD_LIBRARY_PATH", "").split(":"):
+        d = os.path.normpath(d) if d and os.path.isabs(d) else ""
+        if d and d not in out and os.path.isdir(d) and any(Path(d).glob("libcuda.so*")):
+            out.append(d)
+    return out
 
 
 def gpu_device_nodes() -> list[str]:

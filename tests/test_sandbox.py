@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 import socket
 import threading
 import time
@@ -441,6 +442,37 @@ def test_gpu_needs_a_gpu_and_says_so(tmp_path):
     nbformat.write(nb, path)
     with pytest.raises(RuntimeError, match="no NVIDIA device nodes.*gpu = false"):
         run_notebook(path, workdir=tmp_path / "w", gpu=True)
+
+
+@needs_bwrap
+def test_a_gpu_sandbox_gets_the_driver_libraries_its_host_finds_by_ld_library_path(tmp_path):
+    """Hosts that keep libcuda outside the linker's cache (/usr/local/nvidia/lib64 in many GPU
+    containers) find it by LD_LIBRARY_PATH: the sandbox gets those folders, read-only, and the
+    same path. (The device nodes themselves need a GPU host; this part does not.)"""
+    import subprocess
+
+    from autograder.sandbox import _bwrap_argv, gpu_library_dirs
+
+    driver, other = tmp_path / "nvidia" / "lib64", tmp_path / "other"
+    driver.mkdir(parents=True)
+    other.mkdir()
+    (driver / "libcuda.so.1").write_bytes(b"\x7fELF")
+    env = {"LD_LIBRARY_PATH": f"{other}:relative/lib:{driver}:{driver}/"}
+    assert gpu_library_dirs(env) == [str(driver)] and gpu_library_dirs({}) == []
+    (tmp_path / "work").mkdir()
+    (tmp_path / "inputs").mkdir()
+    argv, fds = _bwrap_argv(Limits(), sys.executable, tmp_path / "work", tmp_path / "inputs", None,
+                            libraries=[str(driver), "/usr/lib"])
+    probe = ("import os, sys; d = sys.argv[1]; print(sorted(os.listdir(d)), os.access(d, os.W_OK),"
+             " os.path.exists(sys.argv[2]))")
+    try:
+        run = subprocess.run([*argv, sys.executable, "-I", "-c", probe, str(driver), str(other)],
+                             capture_output=True, text=True, pass_fds=fds, timeout=60, check=False)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["['libcuda.so.1']", "False", "False"]  # visible, read-only; nothing else
 
 
 # ------------------------------------------------------------------- an unprivileged grader
