@@ -494,6 +494,22 @@ def test_the_course_leaderboard_plays_the_matrix_with_submission_counts_and_time
     assert from_course(course, A, pseudonyms=True).rows[0].name not in ("ann", "bob", "cy", "dee")
 
 
+def _ready(http, path: str):
+    """GET ``path`` until the board is computed: the server warms the war's board as it starts,
+    and answers 503 with Retry-After (a page that reloads itself) until it is."""
+    import time
+
+    deadline = time.monotonic() + 120  # bounds a hung computation; not a timing assertion
+    while True:
+        r = http.get(path)
+        if r.status_code != 503:
+            assert r.status_code == 200, r.text
+            return r
+        assert r.headers["Retry-After"] == "5" and "being computed" in r.text
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 def test_the_live_server_board_plays_the_war_again_when_the_autograder_keeps_new_artifacts(ref, war_course, tmp_path):
     """`maestro serve` with ``[submissions] boards = ["10-war"]`` (a real uvicorn on loopback):
     the live page and its JSON hold the tournament matrix of the kept artifacts, recomputed when
@@ -511,12 +527,12 @@ def test_the_live_server_board_plays_the_war_again_when_the_autograder_keeps_new
         with background_server(app) as url, httpx.Client(base_url=url, timeout=120) as http:
             listed = http.get("/v1/assignments", headers={"Authorization": f"Bearer {token}"}).json()
             assert listed["assignments"] == [] and listed["boards"][0]["leaderboard"] == f"/leaderboard/{A}"
-            live = http.get(f"/leaderboard/{A}.json").json()  # public, no token
+            live = _ready(http, f"/leaderboard/{A}.json").json()  # public, no token
             expected = from_course(course, A, pseudonyms=True)  # pseudonyms: the server's default
             assert live["tournament"] == expected.as_dict()["tournament"]
             assert len(live["tournament"]["attackers"]) == 4 and "ann" not in live["tournament"]["attackers"]
             assert [r["name"] for r in live["rows"]] == [r.name for r in expected.rows]
-            page = http.get(f"/leaderboard/{A}")
+            page = _ready(http, f"/leaderboard/{A}")
             assert page.status_code == 200 and 'id="matrix"' in page.text
             up = http.post(f"/v1/assignments/{A}/submissions", json={"artifacts": {}},
                            headers={"Authorization": f"Bearer {token}"})
@@ -535,12 +551,12 @@ def test_the_live_server_board_plays_the_war_again_when_the_autograder_keeps_new
 
 
 def test_a_board_being_played_again_answers_with_the_last_one_meanwhile(ref, war_course):
-    """Viewers of a war board whose tournament is being played again (new artifacts kept) get
-    the last board at once instead of waiting in the server's threads; the next one after it
-    is the new board."""
+    """Viewers of a war board whose tournament is being played (the server's warm-up at start, or
+    again for new artifacts) never wait in the server's threads: "not ready" before the first
+    board, the last board meanwhile after it; the next request after it gets the new board."""
     import threading
 
-    from maestro.server.submissions import BoardOnly, Leaderboards
+    from maestro.server.submissions import BoardNotReady, BoardOnly, Leaderboards
 
     class Held(BoardOnly):  # the real board, held back until the test lets it go
         started, go = threading.Event(), threading.Event()
@@ -552,8 +568,15 @@ def test_a_board_being_played_again_answers_with_the_last_one_meanwhile(ref, war
 
     board = Held(war_course, A)
     boards = Leaderboards(None, {}, {A: board})
+    # the first computation: nothing to show meanwhile, so "not ready" (the server's 503)
+    warm = boards.warm(final=False, pseudonyms=False)
+    assert board.started.wait(120)
+    with pytest.raises(BoardNotReady, match="being computed for the first time"):
+        boards.board(A, final=False, pseudonyms=False)
     board.go.set()
+    warm.join(120)
     first = boards.board(A, final=False, pseudonyms=False)
+    assert first.matrix["attackers"] == ["ann", "bob", "cy", "dee"]
     assert boards.board(A, final=False, pseudonyms=False) is first  # nothing changed: cached
     board.go.clear()
     board.started.clear()

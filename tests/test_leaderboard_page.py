@@ -217,8 +217,9 @@ def test_live_war_board_plays_a_new_player_without_a_reload(course_server, tmp_p
             page.set_default_timeout(60_000)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/leaderboard/{WAR}")
+            page.goto(f"{url}/leaderboard/{WAR}")  # until the server's warm-up is done: a page that reloads itself
             matrix = page.locator("#matrix")
+            matrix.wait_for()
             assert matrix.locator("thead th").all_inner_texts()[1:] == ["ana", "ben"]
             cells = matrix.locator("tbody tr").nth(0).locator("td").all_inner_texts()
             assert int(cells[1].rstrip("%")) > 50  # ana's PGD fools ben's undefended model

@@ -53,6 +53,7 @@ worker processes a token may reach N times the configured rate.
 import contextlib
 import datetime as _dt
 import hashlib
+import html
 import json
 import logging
 import math
@@ -156,6 +157,7 @@ _ERRORS = {
          "where the operation says so)",
     422: "invalid request: the reason says which field and why",
     429: "budget, daily uploads or rate limit spent (Retry-After on the rate limit)",
+    503: "the leaderboard is being computed for the first time (Retry-After says when to ask again)",
 }
 
 
@@ -402,6 +404,7 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
     async def lifespan(_app):
         if grader is not None:
             await run_in_threadpool(grader.start)
+            boards.warm(final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms)
         try:
             yield
         finally:
@@ -841,7 +844,7 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
     """The ``[submissions]`` endpoints (see the module docstring)."""
     from autograder.leaderboard import pseudonym, render_html
 
-    from .submissions import ArtifactRejected, check_upload, student_view, uploads_of
+    from .submissions import ArtifactRejected, BoardNotReady, check_upload, student_view, uploads_of
 
     AssignmentId = Path(..., description="an assignment id from GET /v1/assignments")
     InputsFormat = Query("npy", description="'npy' ({\"npy_b64\": ...}, the default) or 'json'")
@@ -859,6 +862,12 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
     def get_board(ident: str) -> None:
         if ident not in assignments and ident not in boards.boards:
             get_assignment(ident)  # the 404
+
+    def board_of(ident: str, *, final: bool, pseudonyms: bool):
+        try:
+            return boards.board(ident, final=final, pseudonyms=pseudonyms)
+        except BoardNotReady as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from None
 
     def name_of(who: Caller, a) -> str:
         return pseudonym(who.student, a.secret) if subcfg.pseudonyms else who.student
@@ -957,7 +966,7 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
         return view(who, row)
 
     @app.get("/v1/assignments/{assignment}/leaderboard", tags=["leaderboard"],
-             summary="the ranking: best graded submission per student", responses=_errors(403, 404))
+             summary="the ranking: best graded submission per student", responses=_errors(403, 404, 503))
     def leaderboard(who: Who, assignment: str = AssignmentId,
                     final: bool | None = Query(None, description="instructors: the private-part ranking before "
                                                "the deadline (default: the server's)")) -> dict:
@@ -966,7 +975,7 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
         if final is not None and final != is_final and not who.is_instructor:
             raise HTTPException(403, "only instructors may choose final=; students see the server's ranking")
         final = is_final if final is None else final
-        board = boards.board(assignment, final=final, pseudonyms=subcfg.pseudonyms and not who.is_instructor)
+        board = board_of(assignment, final=final, pseudonyms=subcfg.pseudonyms and not who.is_instructor)
         return board.as_dict()
 
     # public (no token) with public_leaderboard = true; else for token holders (API clients)
@@ -974,17 +983,27 @@ def _submission_routes(app: FastAPI, Who, store: Store, subcfg, assignments: dic
     guard = None if public else [Who.__metadata__[0]]
 
     @app.get("/leaderboard/{assignment}.json", tags=["leaderboard"], summary="the ranking the live page shows",
-             responses=_errors(404, token=not public), dependencies=guard)
+             responses=_errors(404, 503, token=not public), dependencies=guard)
     def public_leaderboard_json(assignment: str = AssignmentId) -> dict:
         get_board(assignment)
-        return boards.board(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms).as_dict()
+        return board_of(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms).as_dict()
 
     @app.get("/leaderboard/{assignment}", tags=["leaderboard"], response_class=HTMLResponse,
              summary="the live leaderboard page (phone-friendly; refreshes itself)",
-             responses=_errors(404, token=not public), dependencies=guard)
+             responses={**_errors(404, token=not public),
+                        503: {"description": _ERRORS[503] + "; a page that reloads itself",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
+             dependencies=guard)
     def public_leaderboard_page(assignment: str = AssignmentId):
         get_board(assignment)
-        board = boards.board(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms)
+        try:
+            board = boards.board(assignment, final=subcfg.is_final(), pseudonyms=subcfg.pseudonyms)
+        except BoardNotReady as err:  # a page that asks again by itself
+            page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                    '<meta http-equiv="refresh" content="5"><meta name="viewport" '
+                    f'content="width=device-width, initial-scale=1"><title>{html.escape(assignment)}'
+                    f'</title></head><body><p>{html.escape(str(err))}.</p></body></html>\n')
+            return HTMLResponse(page, status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})
         page = render_html(board, live_url=f"{assignment}.json", refresh_s=subcfg.refresh_s)
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 

@@ -234,6 +234,15 @@ class BoardOnly:
             out += tuple((n, kept_stamp(root / n)) for n in names if not n.startswith("."))
         return out
 
+    def has_players(self) -> bool:
+        """The war: has the autograder kept anybody's artifacts yet?"""
+        from autograder.driver import kept_artifacts
+
+        try:
+            return any(not e.name.startswith(".") for e in os.scandir(kept_artifacts(self.course, self.id)))
+        except FileNotFoundError:
+            return False
+
     def board(self, *, final: bool, pseudonyms: bool):
         from autograder import units
         from autograder.leaderboard import from_course
@@ -548,11 +557,16 @@ def _alive(pid: int) -> bool:
 
 
 # -- leaderboards ---------------------------------------------------------------------------------
+class BoardNotReady(Exception):
+    """The board's first computation is under way (a war's first tournament): ask again soon."""
+
+
 class Leaderboards:
     """Boards per assignment, recomputed only when a grade arrives, the history file changes or
-    (the war) the kept artifacts do. One computation per :class:`BoardOnly` at a time: a request
-    that meets one under way gets the board it replaces (a war's tournament can take a while;
-    viewers must not pile up in the server's threads behind it), or waits for the first one."""
+    (the war) the kept artifacts do. One computation per :class:`BoardOnly` board at a time: a
+    request that meets one under way gets the board it replaces, or :class:`BoardNotReady` while
+    there is none yet — a war's tournament can take a while, and viewers must not pile up in the
+    server's threads behind it. :meth:`warm` plays the wars' first tournaments in the background."""
 
     def __init__(self, subs: Submissions, assignments: dict[str, Assignment],
                  boards: dict[str, BoardOnly] | None = None) -> None:
@@ -572,7 +586,11 @@ class Leaderboards:
             with self._lock:
                 gate = self._computing.setdefault(key, threading.Lock())
                 hit = self._cache.get(key)
-            if not gate.acquire(blocking=hit is None):
+            if not gate.acquire(blocking=False):
+                if hit is None:
+                    raise BoardNotReady(f"the {ident} leaderboard is being computed for the first time "
+                                        "(the tournament of every kept attack against every kept defense); "
+                                        "this takes a moment — try again in a few seconds")
                 return hit[1]  # being played again right now: the last board meanwhile
             try:
                 version = b.version()
@@ -587,6 +605,28 @@ class Leaderboards:
             finally:
                 gate.release()
         return self._upload_board(ident, final=final, pseudonyms=pseudonyms)
+
+    def warm(self, *, final: bool, pseudonyms: bool) -> threading.Thread | None:
+        """Compute the boards of the wars that have players in a thread (the server starts it),
+        so the first viewers find them ready; None when there is none."""
+        wars = [ident for ident, b in self.boards.items() if b.war and b.has_players()]
+        if not wars:
+            return None
+
+        def work() -> None:
+            for ident in wars:
+                try:
+                    self.board(ident, final=final, pseudonyms=pseudonyms)
+                except BoardNotReady:
+                    pass  # a request started it first
+                except Exception:  # a broken course must not stop the server; the request says why
+                    log.exception("computing the %s leaderboard failed", ident)
+
+        # not a daemon: a server stopped meanwhile exits once it is done, rather than tearing
+        # torch down under it (which aborts the process)
+        thread = threading.Thread(target=work, name="maestro-boards", daemon=False)
+        thread.start()
+        return thread
 
     def _upload_board(self, ident: str, *, final: bool, pseudonyms: bool):
         from autograder.leaderboard import Entry, board_metrics, history_path, rank, read_history
