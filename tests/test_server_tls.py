@@ -16,11 +16,12 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _serve import wait_until_serving
 
 import maestro
 from maestro.remote import RemoteError
@@ -63,24 +64,6 @@ def _stop(proc) -> None:
         proc.wait(10)
 
 
-def _wait_for_tls(port: int, context: ssl.SSLContext, proc, log: Path, timeout: float = 90) -> None:
-    """Until the server answers /v1/health over TLS (checked with ``context``)."""
-    import http.client
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
-            conn.request("GET", "/v1/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.25)
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
@@ -99,7 +82,8 @@ def tls_server(tmp_path_factory):
     log = tmp / "serve.log"
     proc, port = _serve(course, log, "--certfile", str(chain), "--keyfile", str(key))
     try:
-        _wait_for_tls(port, ssl.create_default_context(cafile=str(ca_file)), proc, log)
+        wait_until_serving(f"https://127.0.0.1:{port}", proc, log,
+                           verify=ssl.create_default_context(cafile=str(ca_file)))
         yield {"url": f"https://127.0.0.1:{port}", "port": port, "ca": str(ca_file), "token": token,
                "log": log, "chain": chain, "key": key, "course": course}
     finally:

@@ -185,6 +185,15 @@ def load_assignments(cfg: SubmissionsConfig, course: Path, home=None) -> dict[st
     return {a: Assignment(course, a, home) for a in cfg.assignments}
 
 
+def _file_version(path: Path) -> tuple | None:
+    """What changes when the file does (None: no file)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class BoardOnly:
     """A ``[submissions] boards`` assignment: shown on a live leaderboard, graded by ``maestro
     autograde`` alone (no uploads)."""
@@ -215,14 +224,7 @@ class BoardOnly:
         from autograder.driver import kept_artifacts
         from autograder.leaderboard import history_path
 
-        def stat(path: Path):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                return None
-            return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-        out: tuple = (stat(history_path(self.course, self.id)),)
+        out: tuple = (_file_version(history_path(self.course, self.id)),)
         if self.war:
             from autograder.units.war import kept_stamp
 
@@ -632,12 +634,7 @@ class Leaderboards:
         from autograder.leaderboard import Entry, board_metrics, history_path, rank, read_history
 
         a = self.assignments[ident]
-        try:
-            st = history_path(a.course, ident).stat()
-            hist_version = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            hist_version = None
-        version = (self.subs.version(ident), hist_version)
+        version = (self.subs.version(ident), _file_version(history_path(a.course, ident)))
         key = (ident, final, pseudonyms)
         with self._lock:
             hit = self._cache.get(key)
