@@ -18,6 +18,7 @@ Without chromium or Playwright the test is skipped with the reason; under CI as 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -65,6 +66,36 @@ def why_not() -> str | None:
     return None
 
 
+def need_a_browser() -> None:
+    """Skip without chromium or Playwright; fail instead under CI as root, which installs them."""
+    reason = why_not()
+    if reason:
+        if MUST_RUN:
+            pytest.fail(f"CI (as root) must run the leaderboard browser test, but: {reason}")
+        pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def phone_page(timeout_ms: int):
+    """A page of headless Chromium on a phone-sized screen; yields ``(page, errors)``, the
+    page's script errors, which must be none when the block ends."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+            page = context.new_page()
+            page.set_default_timeout(timeout_ms)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, errors
+            assert not errors, errors
+            context.close()
+        finally:
+            browser.close()
+
+
 def artifacts_dir() -> Path:
     path = Path(os.environ.get("MAESTRO_TEST_ARTIFACTS") or ROOT / "test-artifacts")
     path.mkdir(parents=True, exist_ok=True)
@@ -92,12 +123,7 @@ def _upload(url: str, token: str, arr: np.ndarray) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_live_leaderboard_page_on_a_phone(course_server, tmp_path, one_torch_thread):
-    reason = why_not()
-    if reason:
-        if MUST_RUN:
-            pytest.fail(f"CI (as root) must run the leaderboard browser test, but: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
+    need_a_browser()
 
     course = tmp_path / "course"
     init_course(course, ROOT / "assignments")
@@ -118,46 +144,35 @@ def test_live_leaderboard_page_on_a_phone(course_server, tmp_path, one_torch_thr
     pgd = maestro.attacks.PGD(threat, steps=10)(model, x, y).x_adv.numpy()
 
     shots = artifacts_dir()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
-            page = context.new_page()
-            page.set_default_timeout(30_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/leaderboard/{A}")  # no token: the page is public
-            rows = page.locator("#board tbody tr")
-            assert rows.count() == 1
-            assert rows.nth(0).locator("td.rank").inner_text() == "1"
-            assert rows.nth(0).locator("td.name").inner_text() == ana_name
-            assert "Red-teaming the postal digit reader" in page.locator("h1").inner_text()
-            assert "ana" not in page.locator("#board").inner_text().split()  # pseudonyms only
-            # readable on a phone: the page itself never scrolls sideways
-            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-            assert page.locator("td.submitted_at").first.is_hidden()  # a column the phone layout drops
-            page.screenshot(path=str(shots / "leaderboard-phone.png"), full_page=True)
+    with phone_page(30_000) as (page, errors):
+        page.goto(f"{url}/leaderboard/{A}")  # no token: the page is public
+        rows = page.locator("#board tbody tr")
+        assert rows.count() == 1
+        assert rows.nth(0).locator("td.rank").inner_text() == "1"
+        assert rows.nth(0).locator("td.name").inner_text() == ana_name
+        assert "Red-teaming the postal digit reader" in page.locator("h1").inner_text()
+        assert "ana" not in page.locator("#board").inner_text().split()  # pseudonyms only
+        # readable on a phone: the page itself never scrolls sideways
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        assert page.locator("td.submitted_at").first.is_hidden()  # a column the phone layout drops
+        page.screenshot(path=str(shots / "leaderboard-phone.png"), full_page=True)
 
-            # a better submission is graded; the open page shows it first, without a reload
-            page.evaluate("window.__not_reloaded = true")
-            _upload(url, ben, pgd)
-            page.wait_for_function(
-                "name => { const r = document.querySelectorAll('#board tbody tr');"
-                " return r.length === 2 && r[0].querySelector('td.name').textContent === name; }",
-                arg=ben_name)
-            assert page.evaluate("window.__not_reloaded") is True
-            assert [rows.nth(i).locator("td.rank").inner_text() for i in range(2)] == ["1", "2"]
-            assert rows.nth(1).locator("td.name").inner_text() == ana_name
-            ben_score = float(rows.nth(0).locator("td.score").inner_text())
-            ana_score = float(rows.nth(1).locator("td.score").inner_text())
-            assert ben_score > ana_score > 0
-            assert page.locator("#updated").inner_text() != "now"
-            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-            page.screenshot(path=str(shots / "leaderboard-phone-live.png"), full_page=True)
-            assert not errors, errors
-            context.close()
-        finally:
-            browser.close()
+        # a better submission is graded; the open page shows it first, without a reload
+        page.evaluate("window.__not_reloaded = true")
+        _upload(url, ben, pgd)
+        page.wait_for_function(
+            "name => { const r = document.querySelectorAll('#board tbody tr');"
+            " return r.length === 2 && r[0].querySelector('td.name').textContent === name; }",
+            arg=ben_name)
+        assert page.evaluate("window.__not_reloaded") is True
+        assert [rows.nth(i).locator("td.rank").inner_text() for i in range(2)] == ["1", "2"]
+        assert rows.nth(1).locator("td.name").inner_text() == ana_name
+        ben_score = float(rows.nth(0).locator("td.score").inner_text())
+        ana_score = float(rows.nth(1).locator("td.score").inner_text())
+        assert ben_score > ana_score > 0
+        assert page.locator("#updated").inner_text() != "now"
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(path=str(shots / "leaderboard-phone-live.png"), full_page=True)
     for name in ("leaderboard-phone.png", "leaderboard-phone-live.png"):
         assert (shots / name).stat().st_size > 5_000
 
@@ -179,12 +194,7 @@ refresh_s = 1
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_live_war_board_plays_a_new_player_without_a_reload(course_server, tmp_path, one_torch_thread):
-    reason = why_not()
-    if reason:
-        if MUST_RUN:
-            pytest.fail(f"CI (as root) must run the leaderboard browser test, but: {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
+    need_a_browser()
     from safetensors.torch import save_file
 
     from autograder import units
@@ -209,34 +219,23 @@ def test_live_war_board_plays_a_new_player_without_a_reload(course_server, tmp_p
     keep("ana", maestro.attacks.PGD(threat, steps=10)(zoo, x, zoo.predict(x)).x_adv)
     keep("ben", x)  # no attack at all
     url, _, _ = course_server(WAR_CONFIG.format(course=course, a=WAR))
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
-            page = context.new_page()
-            page.set_default_timeout(60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}/leaderboard/{WAR}")  # until the server's warm-up is done: a page that reloads itself
-            matrix = page.locator("#matrix")
-            matrix.wait_for()
-            assert matrix.locator("thead th").all_inner_texts()[1:] == ["ana", "ben"]
-            cells = matrix.locator("tbody tr").nth(0).locator("td").all_inner_texts()
-            assert int(cells[1].rstrip("%")) > 50  # ana's PGD fools ben's undefended model
-            rows = page.locator("#board tbody tr")
-            assert rows.nth(0).locator("td.name").inner_text() == "ana"
+    with phone_page(60_000) as (page, errors):
+        page.goto(f"{url}/leaderboard/{WAR}")  # until the server's warm-up is done: a page that reloads itself
+        matrix = page.locator("#matrix")
+        matrix.wait_for()
+        assert matrix.locator("thead th").all_inner_texts()[1:] == ["ana", "ben"]
+        cells = matrix.locator("tbody tr").nth(0).locator("td").all_inner_texts()
+        assert int(cells[1].rstrip("%")) > 50  # ana's PGD fools ben's undefended model
+        rows = page.locator("#board tbody tr")
+        assert rows.nth(0).locator("td.name").inner_text() == "ana"
 
-            # the autograder keeps a third player; the open page plays them in, without a reload
-            page.evaluate("window.__not_reloaded = true")
-            keep("cy", maestro.attacks.FGSM(threat)(zoo, x, zoo.predict(x)).x_adv)
-            page.wait_for_function("() => document.querySelectorAll('#matrix tbody tr').length === 3")
-            assert page.evaluate("window.__not_reloaded") is True
-            assert matrix.locator("thead th").all_inner_texts()[1:] == ["ana", "ben", "cy"]
-            assert matrix.locator("tbody tr").nth(2).locator("th").inner_text() == "cy"
-            assert rows.count() == 3 and "cy" in page.locator("#board").inner_text()
-            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-            page.screenshot(path=str(artifacts_dir() / "leaderboard-war-live.png"), full_page=True)
-            assert not errors, errors
-            context.close()
-        finally:
-            browser.close()
+        # the autograder keeps a third player; the open page plays them in, without a reload
+        page.evaluate("window.__not_reloaded = true")
+        keep("cy", maestro.attacks.FGSM(threat)(zoo, x, zoo.predict(x)).x_adv)
+        page.wait_for_function("() => document.querySelectorAll('#matrix tbody tr').length === 3")
+        assert page.evaluate("window.__not_reloaded") is True
+        assert matrix.locator("thead th").all_inner_texts()[1:] == ["ana", "ben", "cy"]
+        assert matrix.locator("tbody tr").nth(2).locator("th").inner_text() == "cy"
+        assert rows.count() == 3 and "cy" in page.locator("#board").inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(path=str(artifacts_dir() / "leaderboard-war-live.png"), full_page=True)

@@ -61,22 +61,30 @@ class ArtifactRejected(ValueError):
     """An upload that is not a valid artifact for the assignment; the message says why."""
 
 
+def _grading_config(course, ident: str, listed: str):
+    """``course``/source/``ident``/grading.toml, read and checked to be ``ident``'s (``listed``:
+    where the server config names it, for the message)."""
+    from autograder.config import load_config
+
+    path = Path(course) / "source" / ident / "grading.toml"
+    if not path.is_file():
+        raise ValueError(f"{listed}: no {path} (a course made by `maestro course init` has "
+                         "source/<assignment>/grading.toml)")
+    config = load_config(path)
+    if config.id != ident:
+        raise ValueError(f"{path}: [assignment] id {config.id!r} is not {ident!r}")
+    return config
+
+
 class Assignment:
     """A served assignment: grading.toml, model, hidden data and course secret."""
 
     def __init__(self, course: Path, ident: str, home=None) -> None:
         import maestro
-        from autograder.config import load_config
         from autograder.course import read_secret
         from autograder.scoring import HiddenData
 
-        path = Path(course) / "source" / ident / "grading.toml"
-        if not path.is_file():
-            raise ValueError(f"[submissions] assignment {ident!r}: no {path} (a course made by "
-                             "`maestro course init` has source/<assignment>/grading.toml)")
-        self.config = load_config(path)
-        if self.config.id != ident:
-            raise ValueError(f"{path}: [assignment] id {self.config.id!r} is not {ident!r}")
+        self.config = _grading_config(course, ident, f"[submissions] assignment {ident!r}")
         if getattr(self.config, "oracle", None) is not None:
             raise ValueError(f"[submissions] assignment {ident!r} is a black-box unit: its score needs "
                              "the oracle's query count of a graded notebook run, which an upload "
@@ -199,16 +207,9 @@ class BoardOnly:
     autograde`` alone (no uploads)."""
 
     def __init__(self, course: Path, ident: str, home=None) -> None:
-        from autograder.config import load_config
         from autograder.course import read_secret
 
-        path = Path(course) / "source" / ident / "grading.toml"
-        if not path.is_file():
-            raise ValueError(f"[submissions] boards: {ident!r}: no {path} (a course made by "
-                             "`maestro course init` has source/<assignment>/grading.toml)")
-        self.config = load_config(path)
-        if self.config.id != ident:
-            raise ValueError(f"{path}: [assignment] id {self.config.id!r} is not {ident!r}")
+        self.config = _grading_config(course, ident, f"[submissions] boards: {ident!r}")
         self.id = ident
         self.course = Path(course)
         self.secret = read_secret(course)
