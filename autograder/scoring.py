@@ -397,12 +397,14 @@ def score_submission(config: GradingConfig, artifacts: dict, hidden: HiddenData,
                              first=config.artifacts[0].key)
 
     score = round(sum(p.points for p in parts), 4)
+    # the whole set: every artifact that keeps the threat model on all rows (whichever is first)
     overall: dict = {"valid": False}
-    if loaded and all(m.get("valid") for m in split_metrics.values()):
-        overall, _ = _artifact_metrics(config, loaded, {}, hidden, model, np.ones(len(x), dtype=bool),
-                                       readings)
-        overall.update(_query_metrics(queries, len(x)))
-        overall["valid"] = True
+    if loaded:
+        overall, why = _artifact_metrics(config, loaded, found, hidden, model,
+                                         np.ones(len(x), dtype=bool), readings)
+        if overall:
+            overall.update(_query_metrics(queries, len(x)))
+        overall["valid"] = config.artifacts[0].key in loaded and config.artifacts[0].key not in why
     return ScoreResult(score, config.max_score, parts, overall, split_metrics.get("public", {}),
                        split_metrics.get("private", {}), passed=score >= config.pass_score,
                        problems=problems)

@@ -126,9 +126,29 @@ def test_each_artifact_earns_its_own_terms(setup):
     assert alone.metrics["valid"] and "x_adv_l2.success_rate" not in alone.metrics
     only_l2 = score(setup, path=setup["dir"] / "ref_l2.npy", name="x_adv_l2.npy")
     assert only_l2.score > 0 and not only_l2.metrics["valid"]  # x_adv (the main one) is missing
+    # the whole-set metrics still describe what was handed in
+    assert only_l2.metrics["x_adv_l2.success_rate"] >= 0.9 and "success_rate" not in only_l2.metrics
     assert [p.name for p in only_l2.parts if p.points > 0] == ["public: L2 attack success rate",
                                                                 "private: L2 attack success rate"]
     assert "x_adv_l2: success_rate = " in only_l2.parts[2].reason
+
+
+def test_whole_set_metrics_leave_out_an_artifact_that_breaks_the_threat_model(setup):
+    """An L2 file over its eps in one row is not scored in the part holding that row, and not on
+    the whole set either; x_adv's metrics are unaffected."""
+    l2 = np.load(setup["dir"] / "ref_l2.npy")
+    x = setup["hidden"].x.numpy()
+    row = int(np.flatnonzero(~setup["hidden"].public)[0])  # a private row
+    l2[row] = np.clip(x[row] + 0.5 * np.sign(np.random.default_rng(0).standard_normal(x[row].shape)), 0, 1)
+    path = setup["dir"] / "l2_over_eps.npy"
+    np.save(path, l2)
+    artifacts = {"x_adv.npy": setup["dir"] / "ref.npy", "x_adv_l2.npy": path}
+    res = score_submission(setup["cfg"], artifacts, setup["hidden"], setup["model"])
+    assert res.metrics["valid"] and res.metrics["success_rate"] >= 0.94
+    assert not any(k.startswith("x_adv_l2.") for k in res.metrics)
+    assert "x_adv_l2.success_rate" in res.public_metrics
+    assert not any(k.startswith("x_adv_l2.") for k in res.private_metrics)
+    assert any(f"rows {row} of x_adv_l2.npy" in p for p in res.problems)
 
 
 def test_fgsm_gets_partial_credit_below_pgd(setup):
