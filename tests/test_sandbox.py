@@ -475,6 +475,43 @@ def test_a_gpu_sandbox_gets_the_driver_libraries_its_host_finds_by_ld_library_pa
     assert run.stdout.split() == ["['libcuda.so.1']", "False", "False"]  # visible, read-only; nothing else
 
 
+def _host_cuda() -> str:
+    """Why this host cannot run the GPU sandbox check ('' when it can)."""
+    from autograder.sandbox import gpu_device_nodes
+
+    if not gpu_device_nodes():
+        return "no NVIDIA device nodes on this host (CI never has a GPU)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "NVIDIA device nodes, but the grader's own torch sees no CUDA"
+    return ""
+
+
+@needs_bwrap
+@pytest.mark.skipif(bool(_host_cuda()), reason=_host_cuda())
+def test_a_gpu_sandbox_runs_cuda_and_still_keeps_the_host_out(tmp_path):
+    """On a GPU host (`[grading] gpu = true`): torch inside the sandbox finds the card and runs
+    on it; the sandbox is the same otherwise (no network, nothing of the host's home)."""
+    result = run(tmp_path,
+                 "import json, os, socket, torch\n"
+                 "ok = torch.cuda.is_available()\n"
+                 "a = torch.arange(12.0, device='cuda').reshape(3, 4) if ok else None\n"
+                 "s = float((a @ a.T).sum().cpu()) if ok else None\n"
+                 "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2); net = True\n"
+                 "except OSError:\n    net = False\n"
+                 "json.dump({'cuda': ok, 'devices': torch.cuda.device_count(), 'sum': s, 'net': net,\n"
+                 "           'home': os.path.exists(os.path.expanduser('~root/.bashrc'))},\n"
+                 "          open(output_dir + '/gpu.json', 'w'))",
+                 outputs=["gpu.json"], gpu=True, limits=Limits(wall_seconds=120, cpu_seconds=120))
+    assert result.status == "ok", result.reason + result.log_tail
+    seen = json.loads(Path(result.artifacts["gpu.json"]).read_text())
+    a = np.arange(12.0).reshape(3, 4)
+    assert seen["cuda"] and seen["devices"] >= 1, seen
+    assert seen["sum"] == float((a @ a.T).sum())
+    assert not seen["net"] and not seen["home"], seen
+
+
 # ------------------------------------------------------------------- an unprivileged grader
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
