@@ -29,7 +29,9 @@ score / max_score``), so the gradebook total is ``score · (cell points) / max_s
 instructor can still override any cell with a manual grade in formgrader.
 
 Resume: a submission whose results.json records the sha256 of the current notebook is skipped
-unless ``force``. Runs go in parallel (``workers`` threads, each driving its own sandboxed
+unless ``force``. A submission the grader itself failed on (a sandbox that could not start, a
+lost Dask worker, a scorer bug) gets nothing recorded — no 0 in the gradebook, no results.json —
+so the next run grades it again. Runs go in parallel (``workers`` threads, each driving its own sandboxed
 process tree); scoring and all writes happen in the calling thread.
 """
 
@@ -65,7 +67,8 @@ __all__ = ["Outcome", "autograde", "feedback_html", "find_submissions"]
 @dataclass
 class Outcome:
     """What happened to one submission: ``state`` is "graded", "failed" (scored 0), "skipped"
-    (unchanged since its results.json) or "error" (graded but not recorded: see ``reason``)."""
+    (unchanged since its results.json) or "error" (nothing recorded — the grader could not run
+    or score it, or could not write the result: see ``reason``; the next run grades it again)."""
 
     student: str
     state: str
@@ -138,16 +141,13 @@ def _failed_result(config: GradingConfig, reason: str):
                        {"valid": False}, passed=config.pass_score <= 0, problems=[reason])
 
 
-def _score_run(config: GradingConfig, run: RunResult | None, error: str, hidden, model,
+def _score_run(config: GradingConfig, run: RunResult, hidden, model,
                queries: int | None = None):
     """(ScoreResult, failure reason or ""): score the artifact if the run left a valid one.
     Unit kinds (autograder.units): ``hidden`` is the kind's :class:`~autograder.units.Prepared`
     and ``model`` is None; its ``score`` gets every artifact the run left."""
     from .scoring import score_submission
 
-    if run is None:
-        reason = f"the grader could not run the notebook: {error}"
-        return _failed_result(config, reason), reason
     if _is_unit(config):
         from . import units
 
@@ -623,6 +623,13 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
     log = log or (lambda msg: print(msg, file=sys.stderr))
     course = Path(course).expanduser().resolve()
     settings = load_settings(course)
+    if settings.gpu and not scheduler:  # on Dask each worker's host decides
+        from .sandbox import gpu_device_nodes
+
+        if not gpu_device_nodes():
+            raise ValueError(f"{course / 'maestro.toml'}: [grading] gpu = true, but this host has no "
+                             "NVIDIA GPU (no /dev/nvidiactl, /dev/nvidia0, ...): set gpu = false to "
+                             "grade on the CPU")
     if not assignment or "/" in assignment or "\\" in assignment or assignment.startswith("."):
         raise ValueError(f"assignment {assignment!r}: give the name of a folder under source/")
     src = course / "source" / assignment
@@ -724,19 +731,31 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         with stack, gradebook(course) as gb:
             for who, run, error, workdir, queries in runs:
                 nb, digest = todo[who]
-                try:
-                    result, why = _score_run(config, run, error, hidden, model, queries)
-                except Exception as err:  # a scorer bug must not stop the other submissions
-                    why = f"the grader failed while scoring: {type(err).__name__}: {err}"
-                    result = _failed_result(config, why)
+                fault = f"the grader could not run the notebook: {error}" if run is None else ""
+                if not fault:
+                    try:
+                        result, why = _score_run(config, run, hidden, model, queries)
+                    except Exception as err:  # a scorer bug must not stop the other submissions
+                        fault = f"the grader failed while scoring: {type(err).__name__}: {err}"
+                if fault:  # the grader's fault, not the student's: no 0 in the gradebook, no
+                    # results.json (so the next `maestro autograde` grades it again, without --force)
+                    outcomes[who] = Outcome(who, "error", 0.0, config.max_score,
+                                            f"{fault} (nothing recorded: fix it and run maestro "
+                                            "autograde again, which grades this submission again)")
+                    log(f"maestro autograde: {who}: {fault}")
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    failed += 1
+                    bar.set_postfix(done=bar.n + 1 - failed, failed=failed, left=len(todo) - bar.n - 1)
+                    bar.update(1)
+                    continue
                 now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
-                status = run.status if run is not None else "grader-error"
+                status = run.status
                 gs = to_gradescope(result)
                 gs["extra_data"] = {"maestro": {
                     "assignment": assignment, "student": who, "notebook_sha256": digest,
-                    "status": status, "reason": why or (run.reason if run else error),
-                    "duration_s": round(run.duration, 2) if run else None,
-                    "sandbox": run.sandbox if run else sandbox, "graded_at": now.isoformat(),
+                    "status": status, "reason": why or run.reason,
+                    "duration_s": round(run.duration, 2),
+                    "sandbox": run.sandbox, "graded_at": now.isoformat(),
                     "runner": f"dask {scheduler}" if scheduler else f"local, {workers} worker(s)",
                     "max_score": config.max_score, "passed": bool(result.passed),
                     "oracle_queries": queries,
@@ -747,7 +766,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                     out = course / "autograded" / who / assignment
                     out.mkdir(parents=True, exist_ok=True)
                     nb_name = config.notebook.file or nb.name
-                    if run is not None and run.executed_notebook is not None:
+                    if run.executed_notebook is not None:
                         _keep_executed(course, assignment, who, run.executed_notebook, out / nb_name,
                                        not_run.get(who, ()))
                     page = feedback_html(config, who, gs, result, status=status, reason=why,
@@ -759,7 +778,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                     _record(gb, assignment, who, result.score, config.max_score, now.replace(tzinfo=None))
                     _write_atomic(out / "results.json", json.dumps(_finite(gs), indent=2, allow_nan=False) + "\n")
                     append_history(course, history_entry(config, who, result, nb, digest, run, status))
-                    if unit is not None and unit.keep_artifacts and run is not None and not why:
+                    if unit is not None and unit.keep_artifacts and not why:
                         _keep_artifacts(course, assignment, who, run.artifacts)
                     state = "failed" if why else "graded"
                     outcomes[who] = Outcome(who, state, result.score, config.max_score, why,

@@ -96,6 +96,14 @@ def test_course_init_refuses_bad_input_and_never_prints_the_secret(tmp_path, cap
         _cli("autograde", "nope", "--course", str(tmp_path / "c"))
     with pytest.raises(ValueError, match="already holds a course"):
         _cli("course", "init", str(tmp_path / "c"))
+    from autograder.sandbox import gpu_device_nodes
+
+    if not gpu_device_nodes():  # gpu = true on a host without one: said before anything runs
+        toml = tmp_path / "c" / "maestro.toml"
+        assert "gpu = false" in toml.read_text()
+        toml.write_text(toml.read_text().replace("gpu = false", "gpu = true"))
+        with pytest.raises(ValueError, match=r"gpu = true, but this host has no NVIDIA GPU.*gpu = false"):
+            _cli("autograde", A, "--course", str(tmp_path / "c"))
 
 
 def test_feedback_escapes_html():
@@ -389,3 +397,24 @@ def test_killed_autograde_resumes_and_the_gradebook_stays_consistent(course):
     assert not list((course / "autograded").glob("*/*/.results.json.tmp"))
     # the killed grader's work folder (hidden inputs) was removed by the next run
     assert [p.name for p in (course / ".maestro" / "tmp").iterdir()] == []
+
+
+@pytest.mark.slow
+def test_a_grader_failure_records_nothing_and_the_next_run_grades_it(course, monkeypatch, tmp_path):
+    """The grader's own failure (here: prlimit, which sets the sandbox's limits, is not on its
+    PATH) is no 0 for the student: nothing is written, the run says so, and the next run (the
+    grader fixed) grades the submission without --force."""
+    from autograder.driver import autograde
+
+    shutil.copy(course / "release" / A / NB, (course / "submitted" / "late" / A).mkdir(parents=True)
+                or course / "submitted" / "late" / A / NB)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no prlimit, no bwrap
+    broken = {o.student: o for o in autograde(course, A, student="late", progress=False,
+                                              log=lambda msg: None)}
+    assert broken["late"].state == "error"
+    assert "prlimit" in broken["late"].reason and "nothing recorded" in broken["late"].reason
+    assert not (course / "autograded" / "late").exists() and "late" not in _gradebook(course)
+    monkeypatch.undo()
+    fixed = {o.student: o for o in autograde(course, A, student="late", progress=False)}
+    assert fixed["late"].state == "failed" and "not implemented" in fixed["late"].reason.lower()
+    assert _gradebook(course)["late"][0] == 0.0 and _results(course, "late")["score"] == 0.0
