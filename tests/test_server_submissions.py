@@ -412,6 +412,21 @@ def test_stored_uploads_are_checked_again_before_grading(server, http, task):
     assert l2_only["status"] == "graded" and l2_only["score"] == 0, l2_only
     assert _part(l2_only, "attack success rate")["reason"].startswith("x_adv.npy was not uploaded")
     assert "x_adv_l2: success_rate" in _part(l2_only, "L2 attack success rate")["reason"]
+    # a student's upload the grader fails on (bytes spoilt after the upload's checks; its day's
+    # upload counted, as POST /v1/assignments/ID/submissions counts it) is given back
+    from maestro.server.app import _day_key
+
+    token = server.store.create_token("erin")
+    erin = server.store.authenticate(token)
+    assert server.store.reserve(erin.token_id, _day_key(A, dt.datetime.now(dt.UTC)), 1, 4)
+    info = lambda: http.get(f"/v1/assignments/{A}", headers=_auth(token)).json()  # noqa: E731
+    assert info()["uploads_today"] == 1
+    row = subs.add(assignment=A, student="erin", token_id=erin.token_id, sha256="3" * 64, data=b"GIF89a")
+    server.app.state.grader.wake()
+    spoilt = _wait(http, token, row["id"])
+    assert spoilt["status"] == "failed" and "the grader failed" in spoilt["reason"]
+    assert "does not count toward your uploads of the day" in spoilt["reason"]
+    assert info()["uploads_today"] == 0 and info()["uploads_left_today"] == 4
 
 
 def test_daily_upload_limit(server, http, task):

@@ -397,7 +397,8 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
 
         assignments = load_assignments(subcfg, config.course, config.home)
         subs = Submissions(store)
-        grader = Grader(subs, assignments, subcfg.workers)
+        grader = Grader(subs, assignments, subcfg.workers, refund=lambda row: store.refund(
+            row["token_id"], _day_key(row["assignment"], row["created"]), 1))
         boards = Leaderboards(subs, assignments, load_boards(subcfg, config.course, config.home))
 
     @contextlib.asynccontextmanager

@@ -361,16 +361,18 @@ class Submissions:
         return self.get(sid)
 
     def claim(self, worker: str, assignments: list[str]) -> tuple[dict, bytes] | None:
-        """Take the oldest queued submission of ``assignments`` for ``worker``: (row, bytes)."""
+        """Take the oldest queued submission of ``assignments`` for ``worker``: (row, bytes);
+        the row also holds the ``token_id`` that uploaded it."""
         while True:
             with self.engine.begin() as conn:
-                sid = conn.execute(
-                    select(submissions.c.id)
+                first = conn.execute(
+                    select(submissions.c.id, submissions.c.token_id)
                     .where((submissions.c.status == "queued") & submissions.c.assignment.in_(assignments))
                     .order_by(submissions.c.created, submissions.c.id).limit(1)
-                ).scalar()
-                if sid is None:
+                ).first()
+                if first is None:
                     return None
+                sid, token_id = first
                 taken = conn.execute(
                     update(submissions).where((submissions.c.id == sid) & (submissions.c.status == "queued"))
                     .values(status="grading", worker=worker, claimed_at=_utcnow())
@@ -379,7 +381,7 @@ class Submissions:
                     continue  # another grader was faster: look again
                 data = conn.execute(select(submission_artifacts.c.data)
                                     .where(submission_artifacts.c.submission_id == sid)).scalar()
-            row = self.get(sid)
+            row = {**self.get(sid), "token_id": token_id}
             if data is None:  # cannot happen through this class; never grade nothing
                 self.finish(sid, worker, status="failed", reason="the uploaded artifact is missing")
                 continue

@@ -453,11 +453,14 @@ class Grader:
     """``workers`` threads grading queued submissions of ``assignments`` (see the module
     docstring). ``poll_s``: how often an idle thread looks for submissions made through other
     server processes; ``stale_s``: a submission held that long by a grader that stopped
-    answering (a killed process) goes back to the queue."""
+    answering (a killed process) goes back to the queue. ``refund(row)``: called for a
+    submission the grader failed on (its own fault: the upload was checked), so that it does
+    not count toward the student's uploads of the day."""
 
     def __init__(self, subs: Submissions, assignments: dict[str, Assignment], workers: int = 1,
-                 *, poll_s: float = 2.0, stale_s: float = 600.0) -> None:
+                 *, poll_s: float = 2.0, stale_s: float = 600.0, refund=None) -> None:
         self.subs = subs
+        self.refund = refund  # refund(row): give back the upload a grader failure cost its student
         self.assignments = assignments
         self.workers = workers
         self.poll_s = poll_s
@@ -545,8 +548,14 @@ class Grader:
                              entry=json.dumps(_finite(asdict(entry)), allow_nan=False))
         except Exception as err:  # the grader's fault, never the upload's (it was checked)
             log.exception("grading submission %s failed", sid)
-            self.subs.finish(sid, self.worker_id, status="failed",
-                             reason=f"the grader failed: {type(err).__name__}: {str(err)[:300]}")
+            why = f"the grader failed: {type(err).__name__}: {str(err)[:300]}"
+            if self.refund is not None:
+                why += " (this upload does not count toward your uploads of the day)"
+            if self.subs.finish(sid, self.worker_id, status="failed", reason=why) and self.refund:
+                try:
+                    self.refund(row)
+                except Exception:  # e.g. the database is briefly unavailable
+                    log.exception("could not give back the upload of submission %s", sid)
 
 
 def _alive(pid: int) -> bool:
