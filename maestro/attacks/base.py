@@ -31,6 +31,10 @@ class AttackResult:
     ``success[i]`` is True where ``x_adv[i]`` reaches the goal (misclassified, or classified as
     the target in targeted mode); ``norms`` are in the threat model's norm; ``queries`` counts
     inputs the attack sent forward; ``time`` is in seconds.
+
+    Devices: an attack runs on the model's device, but an image ``x_adv`` comes back on the
+    device of the ``x`` it was given (CPU for a NumPy array), so ``threat.check(x, x_adv)``
+    works as it is; ``success``, ``norms`` and the tensors in ``info`` are on the CPU.
     """
 
     x_adv: torch.Tensor | list[str]
@@ -75,16 +79,20 @@ class Attack:
         self.seed = seed
 
     def __call__(self, model, x, y, *, target=None) -> AttackResult:
+        home = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")  # x_adv goes back there
         x, y, target = self._check_call(model, x, y, target)
         before = model.queries
         start = time.perf_counter()
         x_adv, success, info = self._run(model, x, y, target)
         elapsed = time.perf_counter() - start
         self.threat.check(x, x_adv)
+        norms = self.threat.norms(x, x_adv).float().cpu()
+        if isinstance(x_adv, torch.Tensor):
+            x_adv = x_adv.to(home)
         return AttackResult(
             x_adv=x_adv,
             success=success.detach().cpu(),
-            norms=self.threat.norms(x, x_adv).float(),
+            norms=norms,
             queries=model.queries - before,
             time=elapsed,
             attack=self.name,

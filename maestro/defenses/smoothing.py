@@ -63,9 +63,11 @@ class RandomizedSmoothing:
     """The smoothed classifier of ``base`` (a white-box :class:`ModelWrapper`, owned by the
     defender) under Gaussian noise of standard deviation ``sigma`` (input units).
 
-    ``predict(x)`` → labels, -1 where it abstains; ``certify(x)`` → (prediction, radius).
-    ``noisy`` is a ModelWrapper of the randomized base classifier x ↦ f(x + σε): attack it
-    with :class:`~maestro.attacks.EOT` to attack g (Salman et al. 2019).
+    ``predict(x)`` → labels, -1 where it abstains; ``certify(x)`` → (prediction, radius);
+    both (and ``counts``) return CPU tensors, whatever the device of the base model, which
+    draws and classifies the noise on its own device. ``noisy`` is a ModelWrapper of the
+    randomized base classifier x ↦ f(x + σε): attack it with :class:`~maestro.attacks.EOT`
+    to attack g (Salman et al. 2019).
     """
 
     def __init__(

@@ -89,7 +89,9 @@ def adversarial_training(
     progress: bool = True,
 ) -> TrainingRecord:
     """Train ``module`` in place against ``threat`` (L∞ or L2 on images); Adam with ``lr`` and
-    a cosine schedule. Deterministic for a ``seed`` (on one device and thread setting).
+    a cosine schedule. Deterministic for a ``seed`` (on one device and thread setting; on a GPU
+    only as far as its kernels are: see ``torch.use_deterministic_algorithms``). The module stays
+    on its device: batches go there, random starts are drawn there.
 
     Each epoch ends with clean and PGD-``eval_steps`` accuracy on ``val`` (or on the first
     ``eval_size`` training examples) at the same eps; the module is left in eval mode.
