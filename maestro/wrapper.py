@@ -8,6 +8,11 @@ sequence-classification model (``get_input_embeddings()`` and ``inputs_embeds=``
 ``get_input_embeddings()``, ``forward(input_ids, attention_mask)`` and
 ``forward_embeds(inputs_embeds, attention_mask)``.
 
+Inputs may live on any device (NumPy arrays too): every method moves them to the model's
+device (``device``, set with ``to()``), and the tensors it returns (logits, probabilities,
+labels, gradients, embeddings) are on the model's device; compare them with labels there, or
+call ``.cpu()``.
+
 Every wrapper owns its counters and lock: any number can run side by side.
 """
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -333,6 +338,15 @@ class ModelWrapper:
             return module.forward_embeds(embeds, mask)
         return _logits_of(module(inputs_embeds=embeds, attention_mask=mask))
 
+    def _backward_ready(self):
+        """A context for forward passes that will be differentiated: cuDNN runs the backward
+        pass of an RNN (LSTM, GRU) only in training mode, and this model is in eval mode, so on
+        a GPU an RNN model's forward goes through torch's own RNN kernels instead (same math;
+        cuDNN is switched off process-wide for the length of the call)."""
+        if self.device.type == "cuda" and any(isinstance(m, torch.nn.RNNBase) for m in self.__module.modules()):
+            return _cudnn_disabled()
+        return nullcontext()
+
     def _chunks(self, n: int):
         for start in range(0, n, self.batch_size):
             yield slice(start, min(n, start + self.batch_size))
@@ -385,7 +399,7 @@ class ModelWrapper:
         x = self.prepare_inputs(x)
         y = self.prepare_labels(y, len(x))
         grads, outs = [], []
-        with self._charge(len(x), gradient=True):
+        with self._charge(len(x), gradient=True), self._backward_ready():
             for s in self._chunks(len(x)):
                 with torch.enable_grad():
                     if self._modality == "image":
@@ -458,10 +472,21 @@ class ModelWrapper:
         if mask.shape != embeds.shape[:2]:
             raise ValueError(f"attention_mask: expected shape {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}")
         embeds, mask = embeds.to(self.device), mask.to(self.device)
-        with self._charge(len(embeds)):
+        differentiable = torch.is_grad_enabled() and embeds.requires_grad
+        with self._charge(len(embeds)), self._backward_ready() if differentiable else nullcontext():
             return torch.cat(
                 [self._forward_embeds(embeds[s], mask[s]) for s in self._chunks(len(embeds))]
             )
+
+
+@contextmanager
+def _cudnn_disabled():
+    old = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = old
 
 
 def _check_budget(budget) -> int | None:
