@@ -93,6 +93,7 @@ class HotFlip(TextAttack):
 
         x_adv, swaps = [], []
         clean_ids = tb.input_ids.tolist()
+        ids, flipped = ids.cpu(), flipped.cpu()  # read per example below: no device sync per item
         for b in range(n):
             made = [(t, token_surface(tok, clean_ids[b][t]), token_surface(tok, int(ids[b, t])))
                     for t in flipped[b].nonzero().flatten().tolist()]

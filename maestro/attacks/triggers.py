@@ -113,7 +113,9 @@ class UniversalTrigger(TextAttack):
         ids = tb.input_ids.repeat(len(options), 1)
         ids[:, pos] = torch.tensor(options, device=ids.device).repeat_interleave(n, 0)
         logits = model.logits(TokenBatch(ids, tb.attention_mask.repeat(len(options), 1)))
-        return [self._loss(logits[i * n : (i + 1) * n], goal) for i in range(len(options))]
+        # the same mean CE per option as _loss, read back in one transfer (not one sync each)
+        losses = torch.stack([F.cross_entropy(logits[i * n : (i + 1) * n], goal) for i in range(len(options))])
+        return [-v if self.targeted else v for v in losses.tolist()]
 
     def _with_trigger(self, model, texts: list[str], trig: list[int]) -> tuple[TokenBatch, list[int]]:
         """Tokens of the triggered texts and the trigger's positions (after leading specials)."""

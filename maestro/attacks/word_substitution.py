@@ -98,8 +98,10 @@ class WordSubstitution(TextAttack):
         dev = model.device
         budget = Budget(model, self.threat, n, dev, self.max_queries)
         current = list(x)
-        margin = torch.full((n,), float("inf"), device=dev)
-        known = torch.zeros(n, dtype=torch.bool, device=dev)
+        # per-example state read one example at a time in the loops below: kept on the CPU,
+        # so that a model on a GPU costs no device sync per read
+        margin = torch.full((n,), float("inf"))
+        known = torch.zeros(n, dtype=torch.bool)
         changed = [0] * n
         swaps: list[list[tuple[str, str]]] = [[] for _ in range(n)]
         used = [0] * n  # queries spent per example
@@ -170,7 +172,7 @@ class WordSubstitution(TextAttack):
             if budget.remaining_total() == 0:
                 break
         x_adv = self._finish(x, current)
-        kept = torch.tensor([a == c for a, c in zip(x_adv, current)], device=dev)
+        kept = torch.tensor([a == c for a, c in zip(x_adv, current)])
         success = known & kept & (margin < 0)
         info = {"changed": torch.tensor(changed), "swaps": swaps, "spent": torch.tensor(used)}
         return x_adv, success, info
