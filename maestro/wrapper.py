@@ -479,14 +479,25 @@ class ModelWrapper:
             )
 
 
+#: cuDNN's switch is one flag for the whole process: wrappers in several threads count their
+#: holds, so that the last one out (not the first) switches it back to what it was
+_CUDNN_OFF = {"lock": threading.Lock(), "holds": 0, "was": True}
+
+
 @contextmanager
 def _cudnn_disabled():
-    old = torch.backends.cudnn.enabled
-    torch.backends.cudnn.enabled = False
+    with _CUDNN_OFF["lock"]:
+        if _CUDNN_OFF["holds"] == 0:
+            _CUDNN_OFF["was"] = torch.backends.cudnn.enabled
+            torch.backends.cudnn.enabled = False
+        _CUDNN_OFF["holds"] += 1
     try:
         yield
     finally:
-        torch.backends.cudnn.enabled = old
+        with _CUDNN_OFF["lock"]:
+            _CUDNN_OFF["holds"] -= 1
+            if _CUDNN_OFF["holds"] == 0:
+                torch.backends.cudnn.enabled = _CUDNN_OFF["was"]
 
 
 def _check_budget(budget) -> int | None:

@@ -310,3 +310,28 @@ def test_common_mistakes_get_hints(cnn, digits):
         load("digits", "validation")
     with pytest.raises(ValueError, match="did you mean 'lenet-mnist'"):
         maestro.models.load("lenet-minst")
+
+
+def test_cudnn_stays_off_until_the_last_overlapping_rnn_gradient_is_done():
+    """cuDNN is switched off (process-wide) while an RNN model's gradient runs on a GPU; calls in
+    several threads overlap, and the flag comes back only when the last one ends."""
+    import threading
+    import time
+
+    from maestro.wrapper import _cudnn_disabled
+
+    was = torch.backends.cudnn.enabled
+    seen, start = [], threading.Barrier(3)
+
+    def hold(seconds):
+        start.wait()
+        with _cudnn_disabled():
+            time.sleep(seconds)
+            seen.append(torch.backends.cudnn.enabled)
+
+    threads = [threading.Thread(target=hold, args=(s,)) for s in (0.01, 0.1, 0.2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [False, False, False] and torch.backends.cudnn.enabled == was
