@@ -31,8 +31,8 @@ instructor can still override any cell with a manual grade in formgrader.
 Resume: a submission whose results.json records the sha256 of the current notebook is skipped
 unless ``force``. A submission the grader itself failed on (a sandbox that could not start, a
 lost Dask worker, a scorer bug) gets nothing recorded — no 0 in the gradebook, no results.json —
-so the next run grades it again. Runs go in parallel (``workers`` threads, each driving its own sandboxed
-process tree); scoring and all writes happen in the calling thread.
+so the next run grades it again. Runs go in parallel (``workers`` threads, each driving its own
+sandboxed process tree); scoring and all writes happen in the calling thread.
 """
 
 from __future__ import annotations
@@ -434,6 +434,12 @@ def _run_in(workdir: Path, job: _Job, nb: Path, inputs: dict, zoo, session=None)
                         sockets=[session.socket_path] if session is not None else None)
 
 
+def _tick(bar, failed: int, total: int) -> None:
+    """One more submission done: the progress bar's counts (done, failed, left)."""
+    bar.set_postfix(done=bar.n + 1 - failed, failed=failed, left=total - bar.n - 1)
+    bar.update(1)
+
+
 def _workdir(tmp: Path, who: str) -> Path:
     workdir = (tmp / f"run-{len(who)}-{hashlib.sha256(who.encode()).hexdigest()[:16]}").resolve()
     workdir.mkdir()
@@ -745,8 +751,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                     log(f"maestro autograde: {who}: {fault}")
                     shutil.rmtree(workdir, ignore_errors=True)
                     failed += 1
-                    bar.set_postfix(done=bar.n + 1 - failed, failed=failed, left=len(todo) - bar.n - 1)
-                    bar.update(1)
+                    _tick(bar, failed, len(todo))
                     continue
                 now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
                 status = run.status
@@ -792,7 +797,6 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 failed += state != "graded"
-                bar.set_postfix(done=bar.n + 1 - failed, failed=failed, left=len(todo) - bar.n - 1)
-                bar.update(1)
+                _tick(bar, failed, len(todo))
         bar.close()
     return [outcomes[w] for w in subs]

@@ -419,7 +419,10 @@ def test_stored_uploads_are_checked_again_before_grading(server, http, task):
     token = server.store.create_token("erin")
     erin = server.store.authenticate(token)
     assert server.store.reserve(erin.token_id, _day_key(A, dt.datetime.now(dt.UTC)), 1, 4)
-    info = lambda: http.get(f"/v1/assignments/{A}", headers=_auth(token)).json()  # noqa: E731
+
+    def info():
+        return http.get(f"/v1/assignments/{A}", headers=_auth(token)).json()
+
     assert info()["uploads_today"] == 1
     row = subs.add(assignment=A, student="erin", token_id=erin.token_id, sha256="3" * 64, data=b"GIF89a")
     server.app.state.grader.wake()
