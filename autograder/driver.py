@@ -222,10 +222,10 @@ def submitted_at(nb: Path) -> str:
 
 
 def history_entry(config: GradingConfig, student: str, result, nb: Path, digest: str,
-                  run: RunResult | None, status: str) -> Entry:
+                  run: RunResult, status: str) -> Entry:
     """The leaderboard's record of one graded submission (aggregates only)."""
     return Entry.from_result(config, student, result, submitted_at=submitted_at(nb), sha256=digest,
-                             duration_s=round(run.duration, 2) if run else None, status=status)
+                             duration_s=round(run.duration, 2), status=status)
 
 
 def _keep_executed(course: Path, assignment: str, who: str, executed: Path, dest: Path,
