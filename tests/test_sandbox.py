@@ -475,6 +475,71 @@ def test_a_gpu_sandbox_gets_the_driver_libraries_its_host_finds_by_ld_library_pa
     assert run.stdout.split() == ["['libcuda.so.1']", "False", "False"]  # visible, read-only; nothing else
 
 
+@pytest.mark.parametrize("sandbox", ["bwrap", "fallback"])
+def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_path, monkeypatch,
+                                                                            sandbox):
+    """Everything `gpu=True` changes, checked without a GPU: character devices standing in for
+    /dev/nvidiactl and /dev/nvidia0 (the same major:minor as /dev/null) are what the host
+    'finds'; the notebook must see them as devices it can open and write, the grader's
+    CUDA_VISIBLE_DEVICES (not the CPU runs' empty one), and no RLIMIT_AS (CUDA reserves tens of
+    GiB of address space at start), while network and the host's home stay out of reach."""
+    import resource
+    import stat
+
+    if sandbox == "bwrap" and not BWRAP_OK:
+        pytest.skip(f"bubblewrap cannot start: {BWRAP_WHY}")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    nodes = [str(dev / "nvidiactl"), str(dev / "nvidia0")]
+    try:
+        for node in nodes:
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+            os.chmod(node, 0o666)
+            with open(node, "wb") as f:
+                f.write(b"x")
+    except PermissionError:  # EPERM from mknod, EACCES from open on a nodev mount
+        pytest.skip(f"stand-in device nodes need CAP_MKNOD (root) and a /tmp without nodev ({dev})")
+    monkeypatch.setattr(autograder.sandbox, "gpu_device_nodes", lambda: nodes)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    result = run(tmp_path,
+                 "import json, os, resource, socket, stat\n"
+                 f"nodes = {nodes!r}\n"
+                 "def probe(n):\n"
+                 "    st = os.stat(n)\n"
+                 "    with open(n, 'wb') as f:\n"
+                 "        f.write(b'x')\n"
+                 "    return [stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev)]\n"
+                 "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2); net = True\n"
+                 "except OSError:\n    net = False\n"
+                 "json.dump({'nodes': [probe(n) for n in nodes], 'net': net,\n"
+                 "           'cards': os.environ.get('CUDA_VISIBLE_DEVICES'),\n"
+                 "           'as': resource.getrlimit(resource.RLIMIT_AS)[0],\n"
+                 "           'home': os.path.exists(os.path.expanduser('~root/.bashrc'))},\n"
+                 "          open(output_dir + '/gpu.json', 'w'))",
+                 outputs=["gpu.json"], gpu=True, sandbox=sandbox)
+    assert result.status == "ok", result.reason + result.log_tail
+    seen = json.loads(Path(result.artifacts["gpu.json"]).read_text())
+    assert seen["nodes"] == [[True, 1, 3]] * 2, seen
+    assert seen["cards"] == "0" and seen["as"] == resource.RLIM_INFINITY, seen
+    if sandbox == "bwrap":
+        assert not seen["net"] and not seen["home"], seen
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # the grader chose no cards: all of them
+    every = run(tmp_path, "import json, os\njson.dump(os.environ.get('CUDA_VISIBLE_DEVICES'), "
+                "open(output_dir + '/gpu.json', 'w'))", outputs=["gpu.json"], gpu=True, sandbox=sandbox)
+    assert every.status == "ok", every.reason + every.log_tail
+    assert json.loads(Path(every.artifacts["gpu.json"]).read_text()) is None
+    plain = run(tmp_path, "import json, os, resource\n"
+                f"json.dump([[os.path.exists(n) for n in {nodes!r}], "
+                "os.environ.get('CUDA_VISIBLE_DEVICES'), resource.getrlimit(resource.RLIMIT_AS)[0]],"
+                " open(output_dir + '/gpu.json', 'w'))",
+                outputs=["gpu.json"], sandbox=sandbox)  # gpu=False: none of it
+    assert plain.status == "ok", plain.reason + plain.log_tail
+    exists, cards, cap = json.loads(Path(plain.artifacts["gpu.json"]).read_text())
+    assert cards == "" and cap == FAST.memory_bytes, (cards, cap)
+    if sandbox == "bwrap":
+        assert exists == [False, False]
+
+
 def _host_cuda() -> str:
     """Why this host cannot run the GPU sandbox check ('' when it can)."""
     from autograder.sandbox import gpu_device_nodes
