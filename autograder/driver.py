@@ -630,12 +630,13 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
     course = Path(course).expanduser().resolve()
     settings = load_settings(course)
     if settings.gpu and not scheduler:  # on Dask each worker's host decides
-        from .sandbox import gpu_device_nodes
+        from .sandbox import gpu_sandbox_nodes
 
-        if not gpu_device_nodes():
-            raise ValueError(f"{course / 'maestro.toml'}: [grading] gpu = true, but this host has no "
-                             "NVIDIA GPU (no /dev/nvidiactl, /dev/nvidia0, ...): set gpu = false to "
-                             "grade on the CPU")
+        try:
+            gpu_sandbox_nodes()
+        except RuntimeError as e:
+            raise ValueError(f"{course / 'maestro.toml'}: [grading] gpu = true, but {e}. To grade "
+                             "on the CPU instead, set gpu = false") from None
     if not assignment or "/" in assignment or "\\" in assignment or assignment.startswith("."):
         raise ValueError(f"assignment {assignment!r}: give the name of a folder under source/")
     src = course / "source" / assignment

@@ -353,10 +353,11 @@ def run_notebook(
     for name in [*inputs, *outputs]:
         _artifacts.check_name(name) if name in outputs else _check_input_name(name)
     socket_paths = [_check_socket(p) for p in (sockets or ())]
-    gpu_devices = gpu_device_nodes() if gpu else []
-    if gpu and not gpu_devices:
-        raise RuntimeError("gpu=True, but this host has no NVIDIA device nodes (/dev/nvidiactl, "
-                           "/dev/nvidia0, ...): grade on the CPU (maestro.toml [grading] gpu = false)")
+    try:
+        gpu_devices = gpu_sandbox_nodes() if gpu else []
+    except RuntimeError as e:
+        raise RuntimeError(f"gpu=True, but {e}. To grade on the CPU instead: maestro.toml "
+                           "[grading] gpu = false") from None
     if gpu:
         # CUDA reserves tens of GiB of virtual address space at start: an RLIMIT_AS cap would
         # stop it, so a GPU run has no address-space limit (CPU time, processes, files, wall
@@ -700,16 +701,37 @@ def gpu_library_dirs(env=None) -> list[str]:
     return out
 
 
-def gpu_device_nodes() -> list[str]:
-    """The NVIDIA device nodes a GPU run needs (control, UVM, the cards, capabilities); empty
+def gpu_device_nodes(dev: str = "/dev") -> list[str]:
+    """The NVIDIA device nodes under ``dev`` (control, UVM, the cards, capabilities); empty
     when the host has no NVIDIA GPU. ``CUDA_VISIBLE_DEVICES`` in the grader's environment
     still chooses among the cards inside the sandbox."""
-    nodes = sorted(str(p) for p in Path("/dev").glob("nvidia*") if p.is_char_device())
-    caps = Path("/dev/nvidia-caps")
+    nodes = sorted(str(p) for p in Path(dev).glob("nvidia*") if p.is_char_device())
+    caps = Path(dev) / "nvidia-caps"
     if caps.is_dir():
         nodes += sorted(str(p) for p in caps.iterdir() if p.is_char_device())
-    if "/dev/nvidiactl" not in nodes or not any(n[len("/dev/nvidia"):].isdigit() for n in nodes):
+    names = [os.path.basename(n) for n in nodes]
+    if "nvidiactl" not in names or not any(n[len("nvidia"):].isdigit() for n in names):
         return []
+    return nodes
+
+
+def gpu_sandbox_nodes(dev: str = "/dev") -> list[str]:
+    """The device nodes a GPU sandbox gets, or a RuntimeError saying why this host cannot give
+    one. CUDA cannot start without ``nvidia-uvm``, which the driver creates only when a CUDA
+    program first runs on the host (through the setuid ``nvidia-modprobe``, which a sandbox
+    cannot use): so it is created here the same way if it is missing."""
+    nodes = gpu_device_nodes(dev)
+    if not nodes:
+        raise RuntimeError(f"this host has no NVIDIA GPU (no {dev}/nvidiactl, {dev}/nvidia0, ...)")
+    if "nvidia-uvm" not in map(os.path.basename, nodes):
+        modprobe = shutil.which("nvidia-modprobe")
+        if dev == "/dev" and modprobe:
+            subprocess.run([modprobe, "-u", "-c=0"], capture_output=True, timeout=60, check=False)
+            nodes = gpu_device_nodes(dev)
+        if "nvidia-uvm" not in map(os.path.basename, nodes):
+            raise RuntimeError(f"{dev}/nvidia-uvm is missing, and CUDA cannot start without it (a "
+                               "sandbox cannot create it): run `nvidia-modprobe -u -c=0` as root, or "
+                               "any CUDA program once, on this host")
     return nodes
 
 

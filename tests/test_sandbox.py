@@ -440,8 +440,35 @@ def test_gpu_needs_a_gpu_and_says_so(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
     path = tmp_path / "nb.ipynb"
     nbformat.write(nb, path)
-    with pytest.raises(RuntimeError, match="no NVIDIA device nodes.*gpu = false"):
+    with pytest.raises(RuntimeError, match="no NVIDIA GPU.*gpu = false"):
         run_notebook(path, workdir=tmp_path / "w", gpu=True)
+
+
+def test_a_gpu_host_without_nvidia_uvm_is_told_how_to_make_it(tmp_path):
+    """CUDA needs /dev/nvidia-uvm, which only appears once a CUDA program has run on the host;
+    a sandbox cannot create it. Stand-in nodes in a folder play the host's /dev."""
+    import stat
+
+    from autograder.sandbox import gpu_device_nodes, gpu_sandbox_nodes
+
+    dev = tmp_path / "dev"
+    (dev / "nvidia-caps").mkdir(parents=True)
+    try:
+        for name in ("nvidiactl", "nvidia0", "nvidia-caps/nvidia-cap1"):
+            os.mknod(dev / name, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("stand-in device nodes need CAP_MKNOD (root)")
+    (dev / "nvidia1").write_text("")  # not a device: not a card
+    assert gpu_device_nodes(str(dev)) == [str(dev / n) for n in ("nvidia0", "nvidiactl",
+                                                                 "nvidia-caps/nvidia-cap1")]
+    with pytest.raises(RuntimeError, match=r"nvidia-uvm is missing.*nvidia-modprobe -u -c=0"):
+        gpu_sandbox_nodes(str(dev))
+    os.mknod(dev / "nvidia-uvm", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    assert str(dev / "nvidia-uvm") in gpu_sandbox_nodes(str(dev))
+    os.unlink(dev / "nvidia0")  # a control node but no card: no GPU
+    assert gpu_device_nodes(str(dev)) == []
+    with pytest.raises(RuntimeError, match="no NVIDIA GPU"):
+        gpu_sandbox_nodes(str(dev))
 
 
 @needs_bwrap
@@ -479,7 +506,7 @@ def test_a_gpu_sandbox_gets_the_driver_libraries_its_host_finds_by_ld_library_pa
 def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_path, monkeypatch,
                                                                             sandbox):
     """Everything `gpu=True` changes, checked without a GPU: character devices standing in for
-    /dev/nvidiactl and /dev/nvidia0 (the same major:minor as /dev/null) are what the host
+    /dev/nvidiactl, nvidia-uvm and nvidia0 (the major:minor of /dev/null) are what the host
     'finds'; the notebook must see them as devices it can open and write, the grader's
     CUDA_VISIBLE_DEVICES (not the CPU runs' empty one), and no RLIMIT_AS (CUDA reserves tens of
     GiB of address space at start), while network and the host's home stay out of reach."""
@@ -490,7 +517,7 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
         pytest.skip(f"bubblewrap cannot start: {BWRAP_WHY}")
     dev = tmp_path / "dev"
     dev.mkdir()
-    nodes = [str(dev / "nvidiactl"), str(dev / "nvidia0")]
+    nodes = [str(dev / "nvidiactl"), str(dev / "nvidia-uvm"), str(dev / "nvidia0")]
     try:
         for node in nodes:
             os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
@@ -499,7 +526,7 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
                 f.write(b"x")
     except PermissionError:  # EPERM from mknod, EACCES from open on a nodev mount
         pytest.skip(f"stand-in device nodes need CAP_MKNOD (root) and a /tmp without nodev ({dev})")
-    monkeypatch.setattr(autograder.sandbox, "gpu_device_nodes", lambda: nodes)
+    monkeypatch.setattr(autograder.sandbox, "gpu_device_nodes", lambda dev="/dev": nodes)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     result = run(tmp_path,
                  "import json, os, resource, socket, stat\n"
@@ -519,7 +546,7 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
                  outputs=["gpu.json"], gpu=True, sandbox=sandbox)
     assert result.status == "ok", result.reason + result.log_tail
     seen = json.loads(Path(result.artifacts["gpu.json"]).read_text())
-    assert seen["nodes"] == [[True, 1, 3]] * 2, seen
+    assert seen["nodes"] == [[True, 1, 3]] * 3, seen
     assert seen["cards"] == "0" and seen["as"] == resource.RLIM_INFINITY, seen
     if sandbox == "bwrap":
         assert not seen["net"] and not seen["home"], seen
@@ -537,7 +564,7 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
     exists, cards, cap = json.loads(Path(plain.artifacts["gpu.json"]).read_text())
     assert cards == "" and cap == FAST.memory_bytes, (cards, cap)
     if sandbox == "bwrap":
-        assert exists == [False, False]
+        assert exists == [False] * 3
 
 
 def _host_cuda() -> str:
