@@ -635,6 +635,9 @@ def _copy_executed(work: Path, dest: Path, limits: Limits) -> Path | None:
     return dest
 
 
+_GPU_SYSFS = ("/sys/bus", "/sys/class", "/sys/dev", "/sys/devices", "/sys/module")
+
+
 def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
                 maestro_home: str | os.PathLike[str] | None,
                 sockets: list[Path] = (), devices: list[str] = (),
@@ -680,6 +683,9 @@ def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
         argv += ["--ro-bind-fd", str(fd), str(sock)]
     for dev in devices:  # the GPU: its device nodes
         argv += ["--dev-bind", dev, dev]
+    if devices:  # and the hardware tree CUDA reads at start (cuInit fails with 304 without it):
+        for sys_dir in _GPU_SYSFS:  # read-only, and not /sys/fs (cgroups), firmware or kernel
+            argv += ["--ro-bind-try", sys_dir, sys_dir]
     for lib in libraries:  # and its driver's libraries where /usr does not hold them
         if not lib.startswith("/usr/"):
             argv += ro(lib, lib)

@@ -508,8 +508,9 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
     """Everything `gpu=True` changes, checked without a GPU: character devices standing in for
     /dev/nvidiactl, nvidia-uvm and nvidia0 (the major:minor of /dev/null) are what the host
     'finds'; the notebook must see them as devices it can open and write, the grader's
-    CUDA_VISIBLE_DEVICES (not the CPU runs' empty one), and no RLIMIT_AS (CUDA reserves tens of
-    GiB of address space at start), while network and the host's home stay out of reach."""
+    CUDA_VISIBLE_DEVICES (not the CPU runs' empty one), no RLIMIT_AS (CUDA reserves tens of GiB
+    of address space at start) and the hardware part of /sys, read-only (cuInit fails without
+    it), while network, the host's home and the rest of /sys stay out of reach."""
     import resource
     import stat
 
@@ -538,7 +539,9 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
                  "    return [stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev)]\n"
                  "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2); net = True\n"
                  "except OSError:\n    net = False\n"
-                 "json.dump({'nodes': [probe(n) for n in nodes], 'net': net,\n"
+                 "sysfs = [os.path.isdir(f'/sys/{d}') for d in ('devices/system/cpu', 'bus', 'fs')]\n"
+                 "json.dump({'nodes': [probe(n) for n in nodes], 'net': net, 'sys': sysfs,\n"
+                 "           'sys_writable': os.access('/sys/devices', os.W_OK),\n"
                  "           'cards': os.environ.get('CUDA_VISIBLE_DEVICES'),\n"
                  "           'as': resource.getrlimit(resource.RLIMIT_AS)[0],\n"
                  "           'home': os.path.exists(os.path.expanduser('~root/.bashrc'))},\n"
@@ -548,15 +551,16 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
     seen = json.loads(Path(result.artifacts["gpu.json"]).read_text())
     assert seen["nodes"] == [[True, 1, 3]] * 3, seen
     assert seen["cards"] == "0" and seen["as"] == resource.RLIM_INFINITY, seen
-    if sandbox == "bwrap":
+    if sandbox == "bwrap":  # CUDA reads the hardware tree at start: that part of /sys, read-only
         assert not seen["net"] and not seen["home"], seen
+        assert seen["sys"] == [True, True, False] and not seen["sys_writable"], seen
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # the grader chose no cards: all of them
     every = run(tmp_path, "import json, os\njson.dump(os.environ.get('CUDA_VISIBLE_DEVICES'), "
                 "open(output_dir + '/gpu.json', 'w'))", outputs=["gpu.json"], gpu=True, sandbox=sandbox)
     assert every.status == "ok", every.reason + every.log_tail
     assert json.loads(Path(every.artifacts["gpu.json"]).read_text()) is None
     plain = run(tmp_path, "import json, os, resource\n"
-                f"json.dump([[os.path.exists(n) for n in {nodes!r}], "
+                f"json.dump([[os.path.exists(n) for n in [*{nodes!r}, '/sys/devices']], "
                 "os.environ.get('CUDA_VISIBLE_DEVICES'), resource.getrlimit(resource.RLIMIT_AS)[0]],"
                 " open(output_dir + '/gpu.json', 'w'))",
                 outputs=["gpu.json"], sandbox=sandbox)  # gpu=False: none of it
@@ -564,7 +568,7 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
     exists, cards, cap = json.loads(Path(plain.artifacts["gpu.json"]).read_text())
     assert cards == "" and cap == FAST.memory_bytes, (cards, cap)
     if sandbox == "bwrap":
-        assert exists == [False] * 3
+        assert exists == [False] * 4
 
 
 def _host_cuda() -> str:
