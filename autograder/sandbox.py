@@ -72,7 +72,7 @@ class Limits:
     file_size_bytes: int = 256 * 2**20  # RLIMIT_FSIZE: largest file it may write
     wall_seconds: float = 900.0       # the whole notebook, start to end
     output_bytes: int = 1 * 2**20     # cell outputs kept in the executed notebook; log kept
-    tmp_bytes: int = 256 * 2**20      # size of the private /tmp (bwrap only)
+    tmp_bytes: int = 256 * 2**20      # size of the private /tmp, and of /dev/shm (bwrap only)
     disk_bytes: int = 1 * 2**30       # all files in the work folder (checked every second)
     artifact_bytes: int = 64 * 2**20  # largest artifact accepted
 
@@ -689,7 +689,11 @@ def _bwrap_argv(limits: Limits, python: str, work: Path, staged_inputs: Path,
     for lib in libraries:  # and its driver's libraries where /usr does not hold them
         if not lib.startswith("/usr/"):
             argv += ro(lib, lib)
-    argv += ["--chdir", "/sandbox/work"]
+    # bwrap's own root and /dev are tmpfs the sandbox uid may write to, with no size limit: host
+    # memory a notebook could fill past every other limit. Read-only both (the binds above keep
+    # their own modes), and /dev/shm (torch's worker processes share tensors there) sized like /tmp.
+    argv += ["--remount-ro", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/dev/shm",
+             "--remount-ro", "/", "--chdir", "/sandbox/work"]
     return argv, fds
 
 

@@ -241,6 +241,30 @@ def test_filling_the_disk_is_stopped(tmp_path):
 
 
 @needs_bwrap
+def test_memory_backed_folders_are_read_only_or_sized(tmp_path):
+    """bubblewrap's own root and /dev are tmpfs (host memory) with no size of their own: a
+    notebook filling them would starve every other run past its memory limit (RLIMIT_AS does not
+    count tmpfs pages). They are read-only; /tmp and /dev/shm (torch's workers share tensors
+    there) are writable up to tmp_bytes each."""
+    code = ("import errno, json\nseen = {}\n"
+            "for d in ('/', '/dev', '/sandbox', '/tmp', '/dev/shm'):\n"
+            "    try:\n"
+            "        with open(d.rstrip('/') + '/fill.bin', 'wb') as f:\n"
+            "            for _ in range(12):\n"
+            "                f.write(b'0' * 2**20)\n"
+            "        seen[d] = 'ok'\n"
+            "    except OSError as e:\n"
+            "        seen[d] = errno.errorcode[e.errno]\n"
+            "json.dump(seen, open(output_dir + '/seen.json', 'w'))")
+    result = run(tmp_path, code, outputs=["seen.json"],
+                 limits=Limits(wall_seconds=60, memory_bytes=3 * 2**30, tmp_bytes=8 * 2**20))
+    assert result.status == "ok", result.reason + result.log_tail
+    seen = json.loads(Path(result.artifacts["seen.json"]).read_text())
+    assert seen == {"/": "EROFS", "/dev": "EROFS", "/sandbox": "EROFS",
+                    "/tmp": "ENOSPC", "/dev/shm": "ENOSPC"}, seen
+
+
+@needs_bwrap
 def test_bad_artifacts_are_refused_with_reasons(tmp_path):
     code = """
 import numpy as np, os
