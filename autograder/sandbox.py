@@ -29,6 +29,13 @@ that counts the tasks of the process tree every 0.1 s and kills the tree above t
 Killing the tree is complete: bwrap's pid namespace (or ``unshare --pid --kill-child``) dies
 with its first process.
 
+Memory: RLIMIT_AS caps each process's address space, but not what a notebook can hold outside
+it — files in a tmpfs, SysV shared memory, memfds. With bwrap, its own root and ``/dev`` are
+read-only and ``/tmp`` and ``/dev/shm`` are sized; where a memory cgroup can be made (root, a
+writable cgroup file system, as for pids), it caps everything together
+(``total_memory_bytes``) and a run it stops is reported as over its memory limit. Without
+one, shared memory and memfds stay unbounded: a hostile notebook could starve the host.
+
 Fallback without bwrap (``sandbox="fallback"``): the same rlimits and deadline, ``unshare``
 for a new network + pid namespace where the system allows it, and a LOUD warning in the
 result: the notebook then sees the host file system.
@@ -64,7 +71,12 @@ _FALLBACK_WARNING = ("WARNING: no bubblewrap sandbox: the notebook ran with reso
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits for one notebook run (bytes, seconds, tasks)."""
+    """Resource limits for one notebook run (bytes, seconds, tasks).
+
+    Where the grader may make a memory cgroup (root, a writable cgroup file system), the run's
+    memory all together — its processes, files in its /tmp and /dev/shm, shared memory — is
+    capped at ``total_memory_bytes(limits)``: ``memory_bytes`` + both tmpfs + 1 GiB for
+    papermill and the kernel themselves."""
 
     cpu_seconds: int = 600            # RLIMIT_CPU, per process
     memory_bytes: int = 4 * 2**30     # RLIMIT_AS, per process (virtual memory)
@@ -75,6 +87,13 @@ class Limits:
     tmp_bytes: int = 256 * 2**20      # size of the private /tmp, and of /dev/shm (bwrap only)
     disk_bytes: int = 1 * 2**30       # all files in the work folder (checked every second)
     artifact_bytes: int = 64 * 2**20  # largest artifact accepted
+
+
+def total_memory_bytes(limits: Limits) -> int:
+    """What a run's memory cgroup allows (0: no cap, as ``memory_bytes`` 0)."""
+    if not limits.memory_bytes:
+        return 0
+    return limits.memory_bytes + 2 * limits.tmp_bytes + 2**30
 
 
 @dataclass
@@ -181,72 +200,147 @@ def _limited(argv: list[str], limits: Limits, nproc: int) -> list[str]:
     return ["/bin/sh", "-c", script, "maestro-sandbox", *prlimit, *argv]
 
 
-class _PidsCgroup:
-    """A per-run pids cgroup (v1 or v2) capping the tasks of the whole sandbox, if allowed."""
+class _RunCgroup:
+    """Per-run cgroups (v1 or v2), where the cgroup file system lets the grader make them:
+    ``pids`` caps the tasks of the whole sandbox, ``memory`` all the memory it holds, with what
+    RLIMIT_AS does not count (files in its tmpfs, shared memory, memfds)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.hit = False
+    _PREFIX = "maestro-sandbox-"
+
+    def __init__(self, dirs: dict[str, Path]) -> None:
+        self.dirs = dirs  # controller -> its folder (one folder for both under v2)
+        self.hit = False  # pids.max was reached
+        self.oom = False  # the memory limit killed something
 
     def attach(self, pid: int) -> None:
-        try:
-            (self.path / "cgroup.procs").write_text(str(pid))
-        except OSError:
-            pass
+        for path in dict.fromkeys(self.dirs.values()):
+            try:
+                (path / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                pass
 
-    @classmethod
-    def create(cls, max_tasks: int) -> _PidsCgroup | None:
+    @staticmethod
+    def _bases() -> dict[str, Path]:
+        """Where this process's cgroups are, per controller we can use (pids, memory)."""
         try:
             lines = Path("/proc/self/cgroup").read_text().splitlines()
         except OSError:
-            return None
-        base = None
+            return {}
+        bases: dict[str, Path] = {}
         for line in lines:
             _, controllers, rel = line.split(":", 2)
-            if "pids" in controllers.split(",") and Path("/sys/fs/cgroup/pids").is_dir():
-                base = Path("/sys/fs/cgroup/pids") / rel.lstrip("/")
-            elif controllers == "" and base is None:
+            for name in ("pids", "memory"):
+                if name in controllers.split(",") and Path(f"/sys/fs/cgroup/{name}").is_dir():
+                    bases[name] = Path(f"/sys/fs/cgroup/{name}") / rel.lstrip("/")
+        for line in lines:
+            _, controllers, rel = line.split(":", 2)
+            if controllers == "":
                 v2 = Path("/sys/fs/cgroup") / rel.lstrip("/")
                 try:
-                    if "pids" in (v2 / "cgroup.subtree_control").read_text().split():
-                        base = v2
+                    enabled = (v2 / "cgroup.subtree_control").read_text().split()
+                except OSError:
+                    enabled = []
+                for name in ("pids", "memory"):
+                    if name in enabled:
+                        bases.setdefault(name, v2)
+        return bases
+
+    @classmethod
+    def _sweep(cls, base: Path) -> None:
+        """Remove the empty cgroups of graders that died before they could (SIGKILL, OOM)."""
+        try:
+            entries = list(base.glob(cls._PREFIX + "*"))
+        except OSError:
+            return
+        for path in entries:
+            pid = path.name[len(cls._PREFIX):].split("-")[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                try:
+                    path.rmdir()
                 except OSError:
                     pass
-        if base is None:
-            return None
-        path = base / f"maestro-sandbox-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        try:
-            path.mkdir()
-            (path / "pids.max").write_text(str(max_tasks))
-        except OSError:
-            try:
-                path.rmdir()
             except OSError:
                 pass
-            return None
-        return cls(path)
+
+    @classmethod
+    def create(cls, max_tasks: int, memory_bytes: int = 0) -> _RunCgroup | None:
+        """``memory_bytes``: 0 for no memory limit."""
+        name = f"{cls._PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        dirs: dict[str, Path] = {}
+        for controller, base in cls._bases().items():
+            if controller == "memory" and not memory_bytes:
+                continue
+            path = base / name
+            made = False
+            try:
+                if not path.is_dir():
+                    cls._sweep(base)
+                    path.mkdir()
+                    made = True
+                if controller == "pids":
+                    (path / "pids.max").write_text(str(max_tasks))
+                elif (path / "memory.max").exists():  # v2; and no swapping past it
+                    (path / "memory.max").write_text(str(memory_bytes))
+                    _try_write(path / "memory.swap.max", "0")
+                else:  # v1
+                    (path / "memory.limit_in_bytes").write_text(str(memory_bytes))
+                    _try_write(path / "memory.memsw.limit_in_bytes", str(memory_bytes))
+            except OSError:
+                if made:
+                    try:
+                        path.rmdir()
+                    except OSError:
+                        pass
+                continue
+            dirs[controller] = path
+        return cls(dirs) if dirs else None
 
     def destroy(self) -> None:
-        try:
-            events = (self.path / "pids.events").read_text().split()
-            self.hit = len(events) >= 2 and events[1] != "0"
-        except OSError:
-            pass
-        for _ in range(50):
-            try:
-                pids = (self.path / "cgroup.procs").read_text().split()
-            except OSError:
-                return
-            for pid in pids:
+        self.hit = _event_count(self.dirs.get("pids"), "pids.events", "max") > 0
+        memory = self.dirs.get("memory")
+        self.oom = (_event_count(memory, "memory.events", "oom_kill")
+                    + _event_count(memory, "memory.oom_control", "oom_kill")) > 0
+        for path in dict.fromkeys(self.dirs.values()):
+            for _ in range(50):
                 try:
-                    os.kill(int(pid), signal.SIGKILL)
+                    pids = (path / "cgroup.procs").read_text().split()
                 except OSError:
-                    pass
-            try:
-                self.path.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except OSError:
+                        pass
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def _try_write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError:
+        pass
+
+
+def _event_count(folder: Path | None, file: str, key: str) -> int:
+    """The count after ``key`` in a cgroup's ``key N`` lines (0 where there is none)."""
+    if folder is None:
+        return 0
+    try:
+        for line in (folder / file).read_text().splitlines():
+            k, _, n = line.partition(" ")
+            if k == key and n.strip().isdigit():
+                return int(n)
+    except OSError:
+        pass
+    return 0
 
 
 # ----------------------------------------------------------------------------- the run
@@ -358,10 +452,11 @@ def run_notebook(
     except RuntimeError as e:
         raise RuntimeError(f"gpu=True, but {e}. To grade on the CPU instead: maestro.toml "
                            "[grading] gpu = false") from None
+    memory_cap = total_memory_bytes(limits)
     if gpu:
         # CUDA reserves tens of GiB of virtual address space at start: an RLIMIT_AS cap would
         # stop it, so a GPU run has no address-space limit (CPU time, processes, files, wall
-        # clock and the disk quota still hold; GPU memory is the card's)
+        # clock, the disk quota and a memory cgroup still hold; GPU memory is the card's)
         limits = dataclasses.replace(limits, memory_bytes=0)
     if sandbox not in ("auto", "bwrap", "fallback"):
         raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'fallback', not {sandbox!r}")
@@ -436,7 +531,7 @@ def run_notebook(
         root = os.geteuid() == 0
         baseline = 0 if root else _count_tasks(os.getuid())
         argv = _limited(argv, limits, baseline + limits.processes)
-        cgroup = _PidsCgroup.create(limits.processes + 16)
+        cgroup = _RunCgroup.create(limits.processes + 16, memory_cap)
         start = time.monotonic()
         proc = subprocess.Popen(
             argv, stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -483,6 +578,10 @@ def run_notebook(
     if watchdog.tripped == "disk":
         status, reason = "killed", (f"the notebook wrote more than {limits.disk_bytes} bytes to "
                                     "its work folder and was stopped (disk limit)")
+    elif cgroup is not None and cgroup.oom:
+        status, reason = "killed", (f"the notebook used more than {memory_cap / 2**30:.1f} GiB of "
+                                    "memory in all (its processes, /tmp, /dev/shm and shared "
+                                    "memory) and was stopped (memory limit)")
     elif watchdog.tripped or (cgroup is not None and cgroup.hit):
         by = "a pids cgroup" if cgroup is not None and cgroup.hit else "the watchdog"
         status, reason = "killed", (f"the notebook started more than {limits.processes} "

@@ -122,6 +122,88 @@ def test_memory_exhaustion_is_reported(tmp_path):
     assert "memory" in result.reason.lower()
 
 
+def _memory_cgroup_why() -> str:
+    """Why this grader cannot cap a run's memory with a cgroup ('' when it can)."""
+    group = autograder.sandbox._RunCgroup.create(16, 2**30)
+    if group is None or "memory" not in group.dirs:
+        why = "no writable memory cgroup here (root and a writable /sys/fs/cgroup are needed)"
+    else:
+        why = ""
+    if group is not None:
+        group.destroy()
+    return why
+
+
+HOG = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+held = []
+for i in range(12):  # 12 x 256 MiB, none of it in the address space at the end
+    if {kind!r} == 'shm':
+        sid = libc.shmget(0, 2**28, 0o1600)
+        addr = libc.shmat(sid, None, 0)
+        ctypes.memset(addr, 1, 2**28)
+        libc.shmdt(ctypes.c_void_p(addr))
+    else:
+        fd = os.memfd_create(f'hog{{i}}')
+        for _ in range(256):
+            os.write(fd, b'1' * 2**20)
+        held.append(fd)
+print('held it all')
+"""
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap", "fallback"])
+@pytest.mark.parametrize("kind", ["shm", "memfd"])
+def test_memory_held_outside_the_address_space_is_capped(tmp_path, kind, sandbox):
+    """SysV shared memory and memfds hold host memory that RLIMIT_AS never sees (3 GiB here,
+    under a 1 GiB RLIMIT_AS): a memory cgroup stops the run and says why."""
+    why = _memory_cgroup_why()
+    if why:
+        pytest.skip(why)
+    if sandbox == "bwrap" and not BWRAP_OK:
+        pytest.skip(f"bubblewrap cannot start: {BWRAP_WHY}")
+    limits = Limits(wall_seconds=60, memory_bytes=2**30, tmp_bytes=64 * 2**20)
+    assert autograder.sandbox.total_memory_bytes(limits) < 12 * 2**28
+    result = run(tmp_path, HOG.format(kind=kind), SAVE, outputs=["x_adv.npy"], limits=limits,
+                 sandbox=sandbox)
+    assert result.status == "killed", (result.status, result.reason, result.log_tail)
+    assert "memory limit" in result.reason and "2.1 GiB" in result.reason, result.reason
+    assert "x_adv.npy" in result.artifact_errors
+
+
+def test_cgroups_of_a_grader_that_was_killed_are_swept(tmp_path):
+    """A grader killed with SIGKILL cannot remove its runs' cgroups: the next run does."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("cgroups are made only by a root grader")
+    bases = autograder.sandbox._RunCgroup._bases()
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    stale = []
+    for base in dict.fromkeys(bases.values()):
+        path = base / f"maestro-sandbox-{dead_pid.pid}-0123456789ab"
+        try:
+            path.mkdir()
+        except OSError:
+            continue
+        stale.append(path)
+    if not stale:
+        pytest.skip("no writable cgroup file system here")
+    group = autograder.sandbox._RunCgroup.create(16, 2**30)
+    try:
+        assert group is not None and not any(p.exists() for p in stale), stale
+    finally:
+        if group is not None:
+            group.destroy()
+        for p in stale:
+            if p.exists():
+                p.rmdir()
+    assert not any(p.exists() for p in group.dirs.values())
+
+
 @needs_bwrap
 @pytest.mark.slow
 def test_fork_bomb_is_contained(tmp_path):
@@ -391,8 +473,8 @@ def test_fallback_runs_with_a_loud_warning(tmp_path):
 
 @pytest.mark.slow
 def test_fallback_enforces_the_wall_clock_and_process_limits(tmp_path, monkeypatch):
-    # no pids cgroup here (as on machines where /sys/fs/cgroup is read-only): the watchdog acts
-    monkeypatch.setattr(autograder.sandbox._PidsCgroup, "create", classmethod(lambda c, n: None))
+    # no cgroups here (as on machines where /sys/fs/cgroup is read-only): the watchdog acts
+    monkeypatch.setattr(autograder.sandbox._RunCgroup, "create", classmethod(lambda c, *a: None))
     result = run(tmp_path, "while True:\n    pass", sandbox="fallback",
                  limits=Limits(wall_seconds=5, memory_bytes=3 * 2**30))
     assert result.status == "timeout"
