@@ -577,7 +577,8 @@ def run_notebook(
     status, reason = _status(report, timed_out, proc.returncode, limits, log)
     if watchdog.tripped == "disk":
         status, reason = "killed", (f"the notebook wrote more than {limits.disk_bytes} bytes to "
-                                    "its work folder and was stopped (disk limit)")
+                                    "its work folder (each file counting at least 4 KiB) and was "
+                                    "stopped (disk limit)")
     elif cgroup is not None and cgroup.oom:
         status, reason = "killed", (f"the notebook used more than {memory_cap / 2**30:.1f} GiB of "
                                     "memory in all (its processes, /tmp, /dev/shm and shared "
@@ -875,13 +876,17 @@ def _tree_size(root: int) -> int:
     return total
 
 
+_ENTRY_BYTES = 4096  # what an entry costs at least (its inode): empty files are not free
+
+
 def _disk_usage(folder: Path) -> int:
-    """Bytes allocated under ``folder`` (symlinks not followed)."""
+    """Bytes allocated under ``folder`` (symlinks not followed), each entry counted as at least
+    ``_ENTRY_BYTES``: a million empty files would use up the host's inodes."""
     total = 0
     for parent, dirs, files in os.walk(folder):
         for name in dirs + files:
             try:
-                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+                total += max(os.lstat(os.path.join(parent, name)).st_blocks * 512, _ENTRY_BYTES)
             except OSError:
                 pass
     return total

@@ -323,6 +323,16 @@ def test_filling_the_disk_is_stopped(tmp_path):
 
 
 @needs_bwrap
+def test_a_flood_of_empty_files_is_stopped(tmp_path):
+    """Empty files take no blocks but each takes an inode of the grader's disk."""
+    code = ("import os, time\nos.mkdir('flood')\nfor i in range(200000):\n"
+            "    open(f'flood/{i}', 'w').close()\n    if i % 1000 == 0:\n        time.sleep(0.01)\n")
+    result = run(tmp_path, code, SAVE, outputs=["x_adv.npy"],
+                 limits=Limits(wall_seconds=120, memory_bytes=3 * 2**30, disk_bytes=20 * 2**20))
+    assert result.status == "killed" and "disk limit" in result.reason, result.reason
+
+
+@needs_bwrap
 def test_memory_backed_folders_are_read_only_or_sized(tmp_path):
     """bubblewrap's own root and /dev are tmpfs (host memory) with no size of their own: a
     notebook filling them would starve every other run past its memory limit (RLIMIT_AS does not
