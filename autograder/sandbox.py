@@ -36,6 +36,11 @@ writable cgroup file system, as for pids), it caps everything together
 (``total_memory_bytes``) and a run it stops is reported as over its memory limit. Without
 one, shared memory and memfds stay unbounded: a hostile notebook could starve the host.
 
+Processor: as root, each run also gets a cpu cgroup of its own, so runs side by side share the
+processors as equals however many busy processes one of them starts. Without one, the kernel's
+per-session autogroups give the same fairness only until a notebook gives each of its
+processes a session of its own (``os.setsid``): then its neighbours slow down in proportion.
+
 Fallback without bwrap (``sandbox="fallback"``): the same rlimits and deadline, ``unshare``
 for a new network + pid namespace where the system allows it, and a LOUD warning in the
 result: the notebook then sees the host file system.
@@ -203,7 +208,9 @@ def _limited(argv: list[str], limits: Limits, nproc: int) -> list[str]:
 class _RunCgroup:
     """Per-run cgroups (v1 or v2), where the cgroup file system lets the grader make them:
     ``pids`` caps the tasks of the whole sandbox, ``memory`` all the memory it holds, with what
-    RLIMIT_AS does not count (files in its tmpfs, shared memory, memfds)."""
+    RLIMIT_AS does not count (files in its tmpfs, shared memory, memfds), and ``cpu`` makes
+    the runs share the processors as equals, however many threads each one starts (else a
+    notebook with 200 busy threads would slow its neighbours past their wall-clock limit)."""
 
     _PREFIX = "maestro-sandbox-"
 
@@ -229,7 +236,7 @@ class _RunCgroup:
         bases: dict[str, Path] = {}
         for line in lines:
             _, controllers, rel = line.split(":", 2)
-            for name in ("pids", "memory"):
+            for name in _CONTROLLERS:
                 if name in controllers.split(",") and Path(f"/sys/fs/cgroup/{name}").is_dir():
                     bases[name] = Path(f"/sys/fs/cgroup/{name}") / rel.lstrip("/")
         for line in lines:
@@ -240,7 +247,7 @@ class _RunCgroup:
                     enabled = (v2 / "cgroup.subtree_control").read_text().split()
                 except OSError:
                     enabled = []
-                for name in ("pids", "memory"):
+                for name in _CONTROLLERS:
                     if name in enabled:
                         bases.setdefault(name, v2)
         return bases
@@ -281,7 +288,9 @@ class _RunCgroup:
                     cls._sweep(base)
                     path.mkdir()
                     made = True
-                if controller == "pids":
+                if controller == "cpu":
+                    pass  # a group of its own, with the default weight, is the whole point
+                elif controller == "pids":
                     (path / "pids.max").write_text(str(max_tasks))
                 elif (path / "memory.max").exists():  # v2; and no swapping past it
                     (path / "memory.max").write_text(str(memory_bytes))
@@ -320,6 +329,9 @@ class _RunCgroup:
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+_CONTROLLERS = ("pids", "memory", "cpu")
 
 
 def _try_write(path: Path, text: str) -> None:

@@ -173,6 +173,43 @@ def test_memory_held_outside_the_address_space_is_capped(tmp_path, kind, sandbox
     assert "x_adv.npy" in result.artifact_errors
 
 
+def test_a_notebook_with_many_busy_processes_does_not_starve_its_neighbour(tmp_path):
+    """Two runs side by side: one keeps 24 processes busy, each in a session of its own (which
+    defeats the kernel's per-session autogroups), the other one. With a cpu cgroup each, the
+    runs share the processors as equals (the neighbour gets about a core of two); without, the
+    neighbour would get about 1/25 of them and time out on a real unit."""
+    import threading
+
+    group = autograder.sandbox._RunCgroup.create(16)
+    if group is not None:
+        group.destroy()
+    if group is None or "cpu" not in group.dirs:
+        pytest.skip("no writable cpu cgroup here (root and a writable /sys/fs/cgroup are needed)")
+    hog = ("import os, time\nend = time.time() + 14\nkids = []\nfor _ in range(24):\n"
+           "    pid = os.fork()\n    if pid == 0:\n        os.setsid()\n        while time.time() < end:\n            pass\n"
+           "        os._exit(0)\n    kids.append(pid)\nfor pid in kids:\n    os.waitpid(pid, 0)")
+    victim = ("import json, os, time\ntime.sleep(4)\nt0, c0 = time.time(), time.process_time()\n"
+              "while time.time() < t0 + 5:\n    pass\n"
+              "json.dump(time.process_time() - c0, open(output_dir + '/cpu.json', 'w'))")
+    limits = Limits(wall_seconds=90, memory_bytes=3 * 2**30, processes=64)
+    box = {}
+
+    def go(name, code, **kw):
+        (tmp_path / name).mkdir()
+        box[name] = run(tmp_path / name, code, limits=limits, **kw)
+
+    threads = [threading.Thread(target=go, args=("hog", hog)),
+               threading.Thread(target=go, args=("victim", victim), kwargs={"outputs": ["cpu.json"]})]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert box["hog"].status == "ok", box["hog"].reason
+    assert box["victim"].status == "ok", box["victim"].reason + box["victim"].log_tail
+    cpu = json.loads(Path(box["victim"].artifacts["cpu.json"]).read_text())
+    assert cpu > 1.5, f"the neighbour got {cpu:.2f} s of CPU in 5 s of wall clock"
+
+
 def test_cgroups_of_a_grader_that_was_killed_are_swept(tmp_path):
     """A grader killed with SIGKILL cannot remove its runs' cgroups: the next run does."""
     import subprocess
