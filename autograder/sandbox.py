@@ -228,7 +228,7 @@ class _RunCgroup:
 
     @staticmethod
     def _bases() -> dict[str, Path]:
-        """Where this process's cgroups are, per controller we can use (pids, memory)."""
+        """Where this process's cgroups are, per controller we use (``_CONTROLLERS``)."""
         try:
             lines = Path("/proc/self/cgroup").read_text().splitlines()
         except OSError:
@@ -589,8 +589,8 @@ def run_notebook(
     status, reason = _status(report, timed_out, proc.returncode, limits, log)
     if watchdog.tripped == "disk":
         status, reason = "killed", (f"the notebook wrote more than {limits.disk_bytes} bytes to "
-                                    "its work folder (each file counting at least 4 KiB) and was "
-                                    "stopped (disk limit)")
+                                    f"its work folder (each file counting at least "
+                                    f"{_ENTRY_BYTES // 1024} KiB) and was stopped (disk limit)")
     elif cgroup is not None and cgroup.oom:
         status, reason = "killed", (f"the notebook used more than {memory_cap / 2**30:.1f} GiB of "
                                     "memory in all (its processes, /tmp, /dev/shm and shared "

@@ -350,23 +350,18 @@ json.dump(seen, open(output_dir + '/seen.json', 'w'))
 
 
 @needs_bwrap
-def test_filling_the_disk_is_stopped(tmp_path):
-    code = ("import os, time\nchunk = b'0' * 2**20\nfor i in range(200):\n"
-            "    open(f'fill{i}.bin', 'wb').write(chunk)\n    time.sleep(0.02)\n")
-    result = run(tmp_path, code, SAVE, outputs=["x_adv.npy"],
-                 limits=Limits(wall_seconds=60, memory_bytes=3 * 2**30, disk_bytes=20 * 2**20))
-    assert result.status == "killed" and "disk limit" in result.reason, result.reason
-    assert "x_adv.npy" in result.artifact_errors
-
-
-@needs_bwrap
-def test_a_flood_of_empty_files_is_stopped(tmp_path):
-    """Empty files take no blocks but each takes an inode of the grader's disk."""
-    code = ("import os, time\nos.mkdir('flood')\nfor i in range(200000):\n"
-            "    open(f'flood/{i}', 'w').close()\n    if i % 1000 == 0:\n        time.sleep(0.01)\n")
+@pytest.mark.parametrize("code", [
+    "import os, time\nchunk = b'0' * 2**20\nfor i in range(200):\n"
+    "    open(f'fill{i}.bin', 'wb').write(chunk)\n    time.sleep(0.02)\n",
+    # empty files take no blocks, but each one an inode of the grader's disk
+    "import os, time\nos.mkdir('flood')\nfor i in range(200000):\n"
+    "    open(f'flood/{i}', 'w').close()\n    if i % 1000 == 0:\n        time.sleep(0.01)\n",
+], ids=["bytes", "empty-files"])
+def test_filling_the_disk_is_stopped(tmp_path, code):
     result = run(tmp_path, code, SAVE, outputs=["x_adv.npy"],
                  limits=Limits(wall_seconds=120, memory_bytes=3 * 2**30, disk_bytes=20 * 2**20))
     assert result.status == "killed" and "disk limit" in result.reason, result.reason
+    assert "x_adv.npy" in result.artifact_errors
 
 
 @needs_bwrap
