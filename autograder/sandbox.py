@@ -34,7 +34,10 @@ it — files in a tmpfs, SysV shared memory, memfds. With bwrap, its own root an
 read-only and ``/tmp`` and ``/dev/shm`` are sized; where a memory cgroup can be made (root, a
 writable cgroup file system, as for pids), it caps everything together
 (``total_memory_bytes``) and a run it stops is reported as over its memory limit. Without
-one, shared memory and memfds stay unbounded: a hostile notebook could starve the host.
+one, the runner installs a seccomp filter before papermill starts (inherited by the kernel
+and everything it starts, and irremovable) that answers ENOSYS to ``shmget`` and
+``memfd_create`` (x86-64 and arm64; other ABIs of the same machine get ENOSYS for everything),
+the two ways to hold unbounded memory that remain there. GPU runs do not get it.
 
 Processor: as root, each run also gets a cpu cgroup of its own, so runs side by side share the
 processors as equals however many busy processes one of them starts. Without one, the kernel's
@@ -539,11 +542,15 @@ def run_notebook(
                                        socket_paths, gpu_devices, gpu_libraries)
         else:
             argv = _fallback_argv()
+        cgroup = _RunCgroup.create(limits.processes + 16, memory_cap)
+        # no memory cgroup to count them: the runner refuses SysV shared memory and memfds (not
+        # on GPU runs, whose driver is not ours to second-guess)
+        config["deny_shared_memory"] = bool(
+            memory_cap and not gpu_devices and (cgroup is None or "memory" not in cgroup.dirs))
         argv += [python, "-I", runner, json.dumps(config), str(write_fd)]
         root = os.geteuid() == 0
         baseline = 0 if root else _count_tasks(os.getuid())
         argv = _limited(argv, limits, baseline + limits.processes)
-        cgroup = _RunCgroup.create(limits.processes + 16, memory_cap)
         start = time.monotonic()
         proc = subprocess.Popen(
             argv, stdin=gate_r, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -142,6 +142,8 @@ held = []
 for i in range(12):  # 12 x 256 MiB, none of it in the address space at the end
     if {kind!r} == 'shm':
         sid = libc.shmget(0, 2**28, 0o1600)
+        if sid < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         addr = libc.shmat(sid, None, 0)
         ctypes.memset(addr, 1, 2**28)
         libc.shmdt(ctypes.c_void_p(addr))
@@ -171,6 +173,31 @@ def test_memory_held_outside_the_address_space_is_capped(tmp_path, kind, sandbox
     assert result.status == "killed", (result.status, result.reason, result.log_tail)
     assert "memory limit" in result.reason and "2.1 GiB" in result.reason, result.reason
     assert "x_adv.npy" in result.artifact_errors
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap", "fallback"])
+@pytest.mark.parametrize("kind", ["shm", "memfd"])
+def test_without_a_memory_cgroup_shared_memory_is_refused(tmp_path, monkeypatch, kind, sandbox):
+    """No memory cgroup (non-root graders, read-only cgroup file systems): nothing would count
+    SysV shared memory or memfds, so a seccomp filter refuses them (ENOSYS), in the notebook's
+    kernel and whatever it starts; the rest of the notebook's world works as before."""
+    if sandbox == "bwrap" and not BWRAP_OK:
+        pytest.skip(f"bubblewrap cannot start: {BWRAP_WHY}")
+    monkeypatch.setattr(autograder.sandbox._RunCgroup, "create", classmethod(lambda c, *a: None))
+    limits = Limits(wall_seconds=60, memory_bytes=2**30, tmp_bytes=64 * 2**20)
+    result = run(tmp_path, HOG.format(kind=kind), SAVE, outputs=["x_adv.npy"], limits=limits,
+                 sandbox=sandbox)
+    assert result.status == "error" and "Function not implemented" in result.reason, result.reason
+    child = ("import json, os, subprocess, sys\n"
+             "probe = 'import os\\ntry:\\n    os.memfd_create(\"x\")\\nexcept OSError as e:\\n    print(e.errno)'\n"
+             "out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True)\n"
+             "from multiprocessing import shared_memory\n"
+             "block = shared_memory.SharedMemory(create=True, size=4096)\n"
+             "block.close(); block.unlink()\n"
+             "json.dump(out.stdout.strip(), open(output_dir + '/seen.json', 'w'))")
+    result = run(tmp_path, child, outputs=["seen.json"], limits=limits, sandbox=sandbox)
+    assert result.status == "ok", result.reason + result.log_tail
+    assert json.loads(Path(result.artifacts["seen.json"]).read_text()) == "38"  # ENOSYS
 
 
 def test_a_notebook_with_many_busy_processes_does_not_starve_its_neighbour(tmp_path):
