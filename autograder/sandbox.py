@@ -45,7 +45,7 @@ per-session autogroups give the same fairness only until a notebook gives each o
 processes a session of its own (``os.setsid``): then its neighbours slow down in proportion.
 
 Fallback without bwrap (``sandbox="fallback"``): the same rlimits and deadline, ``unshare``
-for a new network + pid namespace where the system allows it, and a LOUD warning in the
+for a new network, pid and IPC namespace where the system allows it, and a LOUD warning in the
 result: the notebook then sees the host file system.
 """
 
@@ -543,10 +543,11 @@ def run_notebook(
         else:
             argv = _fallback_argv()
         cgroup = _RunCgroup.create(limits.processes + 16, memory_cap)
-        # no memory cgroup to count them: the runner refuses SysV shared memory and memfds (not
-        # on GPU runs, whose driver is not ours to second-guess)
-        config["deny_shared_memory"] = bool(
-            memory_cap and not gpu_devices and (cgroup is None or "memory" not in cgroup.dirs))
+        # no memory cgroup to count them, or no IPC namespace of its own (SysV segments would
+        # outlive the run): the runner refuses SysV shared memory and memfds (not on GPU runs,
+        # whose driver is not ours to second-guess)
+        uncounted = memory_cap and (cgroup is None or "memory" not in cgroup.dirs)
+        config["deny_shared_memory"] = bool(not gpu_devices and (uncounted or not argv))
         argv += [python, "-I", runner, json.dumps(config), str(write_fd)]
         root = os.geteuid() == 0
         baseline = 0 if root else _count_tasks(os.getuid())
@@ -865,8 +866,10 @@ def gpu_sandbox_nodes(dev: str = "/dev") -> list[str]:
 
 
 def _fallback_argv() -> list[str]:
-    """``unshare`` a network + pid namespace where the system allows it (else nothing)."""
-    base = ["--net", "--pid", "--fork", "--kill-child"]
+    """``unshare`` a network, pid and IPC namespace where the system allows it (else nothing).
+    The IPC one takes the run's SysV shared memory away with it: in the host's, segments
+    outlive the run that made them."""
+    base = ["--net", "--pid", "--ipc", "--fork", "--kill-child"]
     if os.geteuid() != 0:
         base = ["--user", "--map-root-user", *base]
     return ["unshare", *base, "--"] if _probe_unshare(base) else []

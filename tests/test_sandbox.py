@@ -168,11 +168,19 @@ def test_memory_held_outside_the_address_space_is_capped(tmp_path, kind, sandbox
         pytest.skip(f"bubblewrap cannot start: {BWRAP_WHY}")
     limits = Limits(wall_seconds=60, memory_bytes=2**30, tmp_bytes=64 * 2**20)
     assert autograder.sandbox.total_memory_bytes(limits) < 12 * 2**28
+    segments = _host_shm_segments()
     result = run(tmp_path, HOG.format(kind=kind), SAVE, outputs=["x_adv.npy"], limits=limits,
                  sandbox=sandbox)
     assert result.status == "killed", (result.status, result.reason, result.log_tail)
     assert "memory limit" in result.reason and "2.1 GiB" in result.reason, result.reason
     assert "x_adv.npy" in result.artifact_errors
+    # the run's own IPC namespace took its segments away (in the host's they would stay)
+    assert _host_shm_segments() <= segments
+
+
+def _host_shm_segments() -> set[str]:
+    with open("/proc/sysvipc/shm") as fh:
+        return {line.split()[1] for line in fh.readlines()[1:]}
 
 
 @pytest.mark.parametrize("sandbox", ["bwrap", "fallback"])
