@@ -224,10 +224,7 @@ class _RunCgroup:
 
     def attach(self, pid: int) -> None:
         for path in dict.fromkeys(self.dirs.values()):
-            try:
-                (path / "cgroup.procs").write_text(str(pid))
-            except OSError:
-                pass
+            _try_write(path / "cgroup.procs", str(pid))
 
     @staticmethod
     def _bases() -> dict[str, Path]:

@@ -122,16 +122,15 @@ def test_memory_exhaustion_is_reported(tmp_path):
     assert "memory" in result.reason.lower()
 
 
-def _memory_cgroup_why() -> str:
-    """Why this grader cannot cap a run's memory with a cgroup ('' when it can)."""
+def _no_cgroup(controller: str) -> str:
+    """Why this grader cannot give a run a ``controller`` cgroup ('' when it can)."""
     group = autograder.sandbox._RunCgroup.create(16, 2**30)
-    if group is None or "memory" not in group.dirs:
-        why = "no writable memory cgroup here (root and a writable /sys/fs/cgroup are needed)"
-    else:
-        why = ""
     if group is not None:
         group.destroy()
-    return why
+    if group is None or controller not in group.dirs:
+        return (f"no writable {controller} cgroup here (root and a writable /sys/fs/cgroup are "
+                "needed)")
+    return ""
 
 
 HOG = """
@@ -161,7 +160,7 @@ print('held it all')
 def test_memory_held_outside_the_address_space_is_capped(tmp_path, kind, sandbox):
     """SysV shared memory and memfds hold host memory that RLIMIT_AS never sees (3 GiB here,
     under a 1 GiB RLIMIT_AS): a memory cgroup stops the run and says why."""
-    why = _memory_cgroup_why()
+    why = _no_cgroup("memory")
     if why:
         pytest.skip(why)
     if sandbox == "bwrap" and not BWRAP_OK:
@@ -215,11 +214,9 @@ def test_a_notebook_with_many_busy_processes_does_not_starve_its_neighbour(tmp_p
     neighbour would get about 1/25 of them and time out on a real unit."""
     import threading
 
-    group = autograder.sandbox._RunCgroup.create(16)
-    if group is not None:
-        group.destroy()
-    if group is None or "cpu" not in group.dirs:
-        pytest.skip("no writable cpu cgroup here (root and a writable /sys/fs/cgroup are needed)")
+    why = _no_cgroup("cpu")
+    if why:
+        pytest.skip(why)
     hog = ("import os, time\nend = time.time() + 14\nkids = []\nfor _ in range(24):\n"
            "    pid = os.fork()\n    if pid == 0:\n        os.setsid()\n        while time.time() < end:\n            pass\n"
            "        os._exit(0)\n    kids.append(pid)\nfor pid in kids:\n    os.waitpid(pid, 0)")
@@ -627,26 +624,37 @@ def test_gpu_needs_a_gpu_and_says_so(tmp_path):
         run_notebook(path, workdir=tmp_path / "w", gpu=True)
 
 
+def _stand_in_devices(*paths, writable: bool = False) -> None:
+    """Character devices with /dev/null's major:minor at ``paths`` (they play NVIDIA's nodes);
+    ``writable``: they must also be usable here (not on a nodev mount). Skips where not."""
+    import stat
+
+    try:
+        for path in paths:
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+            if writable:
+                os.chmod(path, 0o666)
+                with open(path, "wb") as f:
+                    f.write(b"x")
+    except PermissionError:  # EPERM from mknod, EACCES from open on a nodev mount
+        pytest.skip(f"stand-in device nodes need CAP_MKNOD (root)"
+                    f"{' and a folder without nodev' if writable else ''} ({paths[0]})")
+
+
 def test_a_gpu_host_without_nvidia_uvm_is_told_how_to_make_it(tmp_path):
     """CUDA needs /dev/nvidia-uvm, which only appears once a CUDA program has run on the host;
     a sandbox cannot create it. Stand-in nodes in a folder play the host's /dev."""
-    import stat
-
     from autograder.sandbox import gpu_device_nodes, gpu_sandbox_nodes
 
     dev = tmp_path / "dev"
     (dev / "nvidia-caps").mkdir(parents=True)
-    try:
-        for name in ("nvidiactl", "nvidia0", "nvidia-caps/nvidia-cap1"):
-            os.mknod(dev / name, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    except PermissionError:
-        pytest.skip("stand-in device nodes need CAP_MKNOD (root)")
+    _stand_in_devices(*(dev / n for n in ("nvidiactl", "nvidia0", "nvidia-caps/nvidia-cap1")))
     (dev / "nvidia1").write_text("")  # not a device: not a card
     assert gpu_device_nodes(str(dev)) == [str(dev / n) for n in ("nvidia0", "nvidiactl",
                                                                  "nvidia-caps/nvidia-cap1")]
     with pytest.raises(RuntimeError, match=r"nvidia-uvm is missing.*nvidia-modprobe -u -c=0"):
         gpu_sandbox_nodes(str(dev))
-    os.mknod(dev / "nvidia-uvm", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    _stand_in_devices(dev / "nvidia-uvm")
     assert str(dev / "nvidia-uvm") in gpu_sandbox_nodes(str(dev))
     os.unlink(dev / "nvidia0")  # a control node but no card: no GPU
     assert gpu_device_nodes(str(dev)) == []
@@ -695,21 +703,13 @@ def test_a_gpu_run_gets_its_device_nodes_its_cards_and_no_address_space_cap(tmp_
     of address space at start) and the hardware part of /sys, read-only (cuInit fails without
     it), while network, the host's home and the rest of /sys stay out of reach."""
     import resource
-    import stat
 
     if sandbox == "bwrap" and not BWRAP_OK:
         pytest.skip(f"bubblewrap cannot start: {BWRAP_WHY}")
     dev = tmp_path / "dev"
     dev.mkdir()
     nodes = [str(dev / "nvidiactl"), str(dev / "nvidia-uvm"), str(dev / "nvidia0")]
-    try:
-        for node in nodes:
-            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-            os.chmod(node, 0o666)
-            with open(node, "wb") as f:
-                f.write(b"x")
-    except PermissionError:  # EPERM from mknod, EACCES from open on a nodev mount
-        pytest.skip(f"stand-in device nodes need CAP_MKNOD (root) and a /tmp without nodev ({dev})")
+    _stand_in_devices(*nodes, writable=True)
     monkeypatch.setattr(autograder.sandbox, "gpu_device_nodes", lambda dev="/dev": nodes)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     result = run(tmp_path,
