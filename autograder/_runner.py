@@ -1,7 +1,10 @@
 """Runs INSIDE the sandbox: papermill + the kernel, with notebook outputs capped.
 
-Usage: ``python _runner.py CONFIG_JSON STATUS_FD``. Reports one JSON line on STATUS_FD
-(a pipe the kernel does not inherit): ``{"status": "ok"|"error"|"crashed", ...}``.
+Usage: ``python _runner.py CONFIG_JSON STATUS_FD``. Writes JSON lines on STATUS_FD (a pipe the
+kernel does not inherit): ``{"stage": ...}`` as the run gets on (``notebook``: the submission is
+a readable notebook; ``kernel``: its kernel started and answered; ``code``: its first cell went
+to the kernel), then one report, ``{"status": "ok"|"error"|"crashed"|"invalid", ...}``. The
+grader tells its own failures (before ``code``) from the submission's by these stages.
 The kernel is started from ``config["kernel"]`` (autograder/_kernel.py, bound beside this file).
 Only the standard library, papermill, nbclient and jupyter_client are imported here.
 """
@@ -19,6 +22,18 @@ import sys
 for _optional in ("rfc3987_syntax", "rfc3986_validator", "rfc3339_validator", "isoduration",
                   "webcolors", "fqdn", "uri_template", "jsonpointer", "pyarrow"):
     sys.modules.setdefault(_optional, None)
+
+
+def _stage(name: str) -> None:
+    """Tell the grader how far the run got (see the module docstring)."""
+    if _STATUS_FD is not None:
+        try:
+            os.write(_STATUS_FD, (json.dumps({"stage": name}) + "\n").encode())
+        except OSError:
+            pass
+
+
+_STATUS_FD: int | None = None
 
 
 def _kernel_classes(kernel_script: str):
@@ -58,6 +73,7 @@ def _kernel_classes(kernel_script: str):
                             and msg.get("msg_type") == "status"
                             and msg.get("content", {}).get("execution_state") == "idle"):
                         self._handle_kernel_info_reply(reply)
+                        _stage("kernel")
                         return
                     if msg.get("msg_type") == "iopub_welcome":
                         break  # subscribed now: this request's status may have gone before
@@ -86,7 +102,8 @@ def _kernel_classes(kernel_script: str):
     return Manager, Client, Specs
 
 
-def _capped_engine(max_bytes: int, iopub_seconds: float, skip_tag: str, kernel_script: str):
+def _capped_engine(max_bytes: int, iopub_seconds: float, skip_tag: str, kernel_script: str,
+                   ipc_dir: str):
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
 
@@ -104,10 +121,21 @@ def _capped_engine(max_bytes: int, iopub_seconds: float, skip_tag: str, kernel_s
             km.kernel_spec_manager = specs_class()
             km.client_factory = client_class
             # Unix sockets, not TCP: works without a loopback interface (unshare --net) and
-            # keeps the kernel's ports off any network.
+            # keeps the kernel's ports off any network. In a short folder the grader chose: a
+            # socket's path may not exceed 107 bytes, whatever the course folder's depth.
             km.transport = "ipc"
-            km.ip = os.path.join(os.environ.get("TMPDIR", "/tmp"), "kernel-ipc")
+            km.ip = os.path.join(ipc_dir, "kernel")
             return km
+
+        def execute_cell(self, cell, cell_index, *args, **kwargs):  # papermill's way in
+            runs = (cell.cell_type == "code" and cell.source.strip()
+                    and self.skip_cells_with_tag not in cell.metadata.get("tags", []))
+            if runs and not self._code_started:  # the submission's code from here on
+                self._code_started = True
+                _stage("code")
+            return super().execute_cell(cell, cell_index, *args, **kwargs)
+
+        _code_started = False
 
         def output(self, outs, msg, display_id, cell_index):
             content = msg.get("content", {})
@@ -225,10 +253,25 @@ def _deny_shared_memory() -> bool:
                       ulong(0)) == 0
 
 
+def _read_notebook(path: str) -> dict | None:
+    """None if ``path`` is a notebook papermill can run, else the report saying why not (the
+    submission's own fault: no kernel is started for it)."""
+    import nbformat
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            nbformat.read(fh, as_version=4)
+    except Exception as err:  # not JSON, not UTF-8, not a notebook: the file itself
+        return {"status": "invalid", "ename": type(err).__name__, "evalue": str(err)[:500]}
+    return None
+
+
 def main() -> int:
+    global _STATUS_FD
     config = json.loads(sys.argv[1])
     status_fd = int(sys.argv[2])
     os.set_inheritable(status_fd, False)
+    _STATUS_FD = status_fd
     report: dict = {"status": "crashed", "reason": "the runner stopped before reporting"}
     if config.get("deny_shared_memory") and not _deny_shared_memory():
         print("maestro: could not refuse shared memory (no seccomp here); its use is not capped",
@@ -241,8 +284,14 @@ def main() -> int:
                                                        "_kernel.py")
         papermill_engines.register("maestro-capped", _capped_engine(
             int(config["output_bytes"]), int(config.get("wall_seconds", 3600)) + 1,
-            str(config.get("skip_tag", "maestro-skip")), kernel))
+            str(config.get("skip_tag", "maestro-skip")), kernel,
+            str(config.get("ipc_dir") or os.environ.get("TMPDIR", "/tmp"))))
         _record_kernel_processes()
+        invalid = _read_notebook(config["input"])
+        if invalid is not None:
+            report = invalid
+            return 0
+        _stage("notebook")
         try:
             nb = papermill.execute_notebook(
                 config["input"], config["output"], parameters=config["parameters"],

@@ -494,7 +494,7 @@ def run_task(job: _Job, notebook: bytes, notebook_name: str, inputs: dict) -> di
         return {
             "queries": queries,
             "status": run.status, "reason": run.reason, "duration": run.duration,
-            "sandbox": run.sandbox, "log_tail": run.log_tail,
+            "sandbox": run.sandbox, "log_tail": run.log_tail, "stage": run.stage,
             "artifact_errors": dict(run.artifact_errors),
             "artifacts": {name: path.read_bytes() for name, path in run.artifacts.items()},
             "executed": run.executed_notebook.read_bytes() if run.executed_notebook else None,
@@ -516,7 +516,8 @@ def _from_task(d: dict, workdir: Path) -> RunResult:
         executed = workdir / "executed.ipynb"
         executed.write_bytes(d["executed"])
     return RunResult(d["status"], d["reason"], float(d["duration"]), artifacts,
-                     dict(d["artifact_errors"]), executed, d.get("log_tail", ""), d["sandbox"])
+                     dict(d["artifact_errors"]), executed, d.get("log_tail", ""), d["sandbox"],
+                     d["stage"])
 
 
 def _dask_runs(scheduler: str, job: _Job, todo: dict, inputs: dict, tmp: Path, assignment: str, log):
@@ -674,11 +675,16 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         return [outcomes[w] for w in subs]
 
     sandbox = settings.sandbox
-    if sandbox == "auto" and not scheduler:
+    if sandbox != "fallback" and not scheduler:
         works, why = probe_bwrap()
+        if not works and sandbox == "bwrap":
+            raise ValueError(f"{course / 'maestro.toml'}: [grading] sandbox = \"bwrap\", but {why}")
         sandbox = "bwrap" if works else "fallback"
         if not works:
             log(f"maestro autograde: WARNING: {why}; running WITHOUT the bubblewrap sandbox")
+    elif sandbox == "fallback":
+        log("maestro autograde: WARNING: sandbox = fallback (maestro.toml [grading] or "
+            "$MAESTRO_SANDBOX): running WITHOUT the bubblewrap sandbox")
     zoo = maestro_home(home)
     oracle_job = None
     unit = None
@@ -738,7 +744,10 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
         with stack, gradebook(course) as gb:
             for who, run, error, workdir, queries in runs:
                 nb, digest = todo[who]
-                fault = f"the grader could not run the notebook: {error}" if run is None else ""
+                if run is None:
+                    fault = f"the grader could not run the notebook: {error}"
+                else:  # it failed before the submission's own code ran: not the student's doing
+                    fault = run.grader_fault and f"the grader could not run the notebook: {run.grader_fault}"
                 if not fault:
                     try:
                         result, why = _score_run(config, run, hidden, model, queries)

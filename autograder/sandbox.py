@@ -45,8 +45,15 @@ per-session autogroups give the same fairness only until a notebook gives each o
 processes a session of its own (``os.setsid``): then its neighbours slow down in proportion.
 
 Fallback without bwrap (``sandbox="fallback"``): the same rlimits and deadline, ``unshare``
-for a new network, pid and IPC namespace where the system allows it, and a LOUD warning in the
-result: the notebook then sees the host file system.
+for a new network, pid (with its own /proc) and IPC namespace where the system allows it, and a
+LOUD warning in the result: the notebook then sees the host file system. Its kernel's sockets
+are in a fresh private folder under /tmp, not in the run's work folder: that lies in the course,
+and a UNIX socket's path may not exceed 107 bytes. ``$MAESTRO_SANDBOX=fallback`` (or
+maestro.toml's ``[grading] sandbox``) chooses it on a machine that has bubblewrap.
+
+Whose failure: the runner tells the grader how far a run got (``RunResult.stage``); a run that
+failed before the submission's first cell reached a started kernel is the grader's failure
+(``RunResult.grader_fault``), recorded nowhere and graded again on the next run.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -70,7 +78,7 @@ from typing import Any
 from autograder import artifacts as _artifacts
 from autograder.testcells import SKIP_TAG
 
-STATUSES = ("ok", "error", "timeout", "killed", "crashed")
+STATUSES = ("ok", "error", "timeout", "killed", "crashed", "invalid")
 _RUNNER = Path(__file__).with_name("_runner.py")
 _KERNEL = Path(__file__).with_name("_kernel.py")  # the runner's kernel command
 _FALLBACK_WARNING = ("WARNING: no bubblewrap sandbox: the notebook ran with resource limits only "
@@ -104,9 +112,17 @@ def total_memory_bytes(limits: Limits) -> int:
     return limits.memory_bytes + 2 * limits.tmp_bytes + 2**30
 
 
+#: how far a run got, in order (the runner says so as it goes; ``_runner.py``)
+STAGES = ("", "notebook", "kernel", "code")
+
+
 @dataclass
 class RunResult:
-    """What a run gives back. ``reason`` is written for the student."""
+    """What a run gives back. ``reason`` is written for the student.
+
+    ``stage``: how far the run got — ``""`` (the sandbox or the runner did not start),
+    ``"notebook"`` (the submission is a notebook that can be run), ``"kernel"`` (its kernel
+    started and answered), ``"code"`` (its first cell went to the kernel)."""
 
     status: str
     reason: str
@@ -116,10 +132,29 @@ class RunResult:
     executed_notebook: Path | None = None
     log_tail: str = ""
     sandbox: str = "bwrap"
+    stage: str = "code"
 
     @property
     def ok(self) -> bool:
         return self.status == "ok" and not self.artifact_errors
+
+    @property
+    def grader_fault(self) -> str:
+        """Why this run tells nothing about the submission, or ``""`` when it does.
+
+        Decided by the evidence of how far it got, not by its error's text: a run that failed
+        before the submission's first cell reached a started kernel failed because of the
+        sandbox, the kernel or the grader's machine (a kernel that cannot start, a sandbox that
+        cannot be made). A submission that is not a readable notebook is its own fault
+        (``status == "invalid"``), and so is everything once its code runs."""
+        if self.status in ("ok", "invalid") or self.stage == "code":
+            return ""
+        where = {"": "the sandbox did not start the notebook runner",
+                 "notebook": "the notebook's kernel did not start",
+                 "kernel": "the kernel started, but the notebook's first cell never ran"}
+        why = where.get(self.stage, f"the run stopped at stage {self.stage!r}")
+        tail = self.log_tail.strip().splitlines()[-3:]
+        return f"{why}: {self.reason}" + (f" (log: {' | '.join(tail)[-600:]})" if tail else "")
 
 
 # ----------------------------------------------------------------------------- probing
@@ -504,21 +539,26 @@ def run_notebook(
         os.chmod(staged_inputs / name, 0o444)
     os.chmod(staged_inputs, 0o755)
 
+    ipc_host = None  # the fallback's folder for the kernel's sockets, removed after the run
     if sandbox == "bwrap":
         root_work, root_inputs, tmp = "/sandbox/work", "/sandbox/inputs", "/tmp"
         zoo = "/sandbox/maestro-home" if maestro_home else None
         runner, kernel = "/sandbox/runner.py", "/sandbox/kernel.py"
+        ipc = "/tmp"  # its own private tmpfs: a short path wherever the course lives
     else:
         root_work, root_inputs = str(work), str(staged_inputs)
         (work / "tmp").mkdir()
         tmp = str(work / "tmp")
         zoo = str(maestro_home) if maestro_home else None
         runner, kernel = str(_RUNNER), str(_KERNEL)
+        ipc_host = _short_private_dir()
+        ipc = str(ipc_host)
     nb_params = {**parameters, "inputs": {n: f"{root_inputs}/{n}" for n in inputs},
                  "output_dir": f"{root_work}/outputs"}
     config = {"input": f"{root_work}/submission.ipynb", "output": f"{root_work}/executed.ipynb",
               "parameters": nb_params, "cwd": root_work, "output_bytes": limits.output_bytes,
-              "wall_seconds": limits.wall_seconds, "skip_tag": SKIP_TAG, "kernel": kernel}
+              "wall_seconds": limits.wall_seconds, "skip_tag": SKIP_TAG, "kernel": kernel,
+              "ipc_dir": ipc}
     python = sys.executable
     env = _sandbox_env(f"{root_work}/home", tmp, zoo, str(Path(python).parent))
     gpu_libraries = gpu_library_dirs() if gpu_devices else []
@@ -563,6 +603,8 @@ def run_notebook(
             proc.wait()
         if cgroup is not None:
             cgroup.destroy()
+        if ipc_host is not None:
+            shutil.rmtree(ipc_host, ignore_errors=True)
         raise
     finally:
         for fd in (write_fd, gate_r, gate_w, *opened):
@@ -584,13 +626,15 @@ def run_notebook(
         proc.wait()
         if cgroup is not None:
             cgroup.destroy()
+        if ipc_host is not None:
+            shutil.rmtree(ipc_host, ignore_errors=True)
     duration = time.monotonic() - start
     reader.join(timeout=5)
     if not reader.is_alive():
         os.close(read_fd)
     log = tail.text()
 
-    report = _parse_report(report_box[0] if report_box else b"")
+    report, stage = _parse_report(report_box[0] if report_box else b"")
     status, reason = _status(report, timed_out, proc.returncode, limits, log)
     if watchdog.tripped == "disk":
         status, reason = "killed", (f"the notebook wrote more than {limits.disk_bytes} bytes to "
@@ -618,7 +662,7 @@ def run_notebook(
         log = f"{warning}\n{log}"
     return RunResult(status=status, reason=reason, duration=duration, artifacts=found,
                      artifact_errors=problems, executed_notebook=executed, log_tail=log,
-                     sandbox=sandbox)
+                     sandbox=sandbox, stage=stage)
 
 
 def _strip_setid_bits(folder: Path) -> None:
@@ -671,12 +715,21 @@ def _read_capped(fd: int, cap: int = 65536) -> bytes:
     return data[:cap]
 
 
-def _parse_report(raw: bytes) -> dict[str, Any] | None:
-    try:
-        report = json.loads(raw.decode().splitlines()[0])
-        return report if isinstance(report, dict) else None
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
+def _parse_report(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The runner's report (None if it wrote none) and the last stage it reached."""
+    report, stage = None, ""
+    for line in raw.decode(errors="replace").splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("stage") in STAGES and STAGES.index(msg["stage"]) > STAGES.index(stage):
+            stage = msg["stage"]
+        elif "status" in msg and report is None:
+            report = msg
+    return report, stage
 
 
 def _status(report: dict | None, timed_out: bool, returncode: int, limits: Limits,
@@ -697,6 +750,10 @@ def _status(report: dict | None, timed_out: bool, returncode: int, limits: Limit
     status = report.get("status")
     if status == "ok":
         return "ok", "the notebook ran to the end"
+    if status == "invalid":
+        return "invalid", (f"the submitted file is not a notebook that can be run "
+                           f"({report.get('ename')}: {report.get('evalue')}): save it again from "
+                           "JupyterLab (File > Save Notebook) and submit that file")[:2000]
     ename, evalue = str(report.get("ename", "")), str(report.get("evalue", ""))
     if status == "crashed":
         return _kernel_death(report.get("kernel_returncode"), limits, f"{ename}: {evalue}")
@@ -862,14 +919,38 @@ def gpu_sandbox_nodes(dev: str = "/dev") -> list[str]:
     return nodes
 
 
+#: a UNIX socket's path may not exceed this many bytes (sun_path, with its NUL)
+_SOCKET_PATH_MAX = 107
+_KERNEL_SOCKET = "kernel-99"  # the longest name the kernel's sockets get in their folder
+
+
+def _short_private_dir() -> Path:
+    """A fresh private (0700) folder for the fallback's kernel sockets, in ``/tmp`` (else the
+    system's temp folder): the run's own work folder lies under the course, often too deep for
+    a UNIX socket's path (``_SOCKET_PATH_MAX``)."""
+    base = "/tmp" if os.access("/tmp", os.W_OK | os.X_OK) else tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix="maestro-ipc-", dir=base))
+    if len(os.fsencode(path / _KERNEL_SOCKET)) > _SOCKET_PATH_MAX:
+        shutil.rmtree(path, ignore_errors=True)
+        raise RuntimeError(f"no short folder for the kernel's sockets: {path} is too long for a "
+                           f"UNIX socket (at most {_SOCKET_PATH_MAX} bytes); make /tmp writable")
+    return path
+
+
 def _fallback_argv() -> list[str]:
     """``unshare`` a network, pid and IPC namespace where the system allows it (else nothing).
     The IPC one takes the run's SysV shared memory away with it: in the host's, segments
-    outlive the run that made them."""
+    outlive the run that made them. The pid namespace gets a /proc of its own where a mount
+    namespace can be made: with the host's, a pid read there names another process, and the
+    kernel's own shutdown (ipykernel signals the children it finds in /proc) sent SIGTERM to
+    itself before it could write out the files the notebook left open."""
     base = ["--net", "--pid", "--ipc", "--fork", "--kill-child"]
     if os.geteuid() != 0:
         base = ["--user", "--map-root-user", *base]
-    return ["unshare", *base, "--"] if _probe_unshare(base) else []
+    for argv in (["--mount-proc", *base], base):
+        if _probe_unshare(argv):
+            return ["unshare", *argv, "--"]
+    return []
 
 
 def _tree_size(root: int) -> int:

@@ -418,3 +418,37 @@ def test_a_grader_failure_records_nothing_and_the_next_run_grades_it(course, mon
     fixed = {o.student: o for o in autograde(course, A, student="late", progress=False)}
     assert fixed["late"].state == "failed" and "not implemented" in fixed["late"].reason.lower()
     assert _gradebook(course)["late"][0] == 0.0 and _results(course, "late")["score"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("breakage", ["kernel-exits", "socket-path-too-long"])
+def test_a_kernel_that_cannot_start_records_nothing(course, monkeypatch, tmp_path, capsys, breakage):
+    """Kernel start-up broken on purpose — a kernel that exits at once, or (what a course a few
+    folders deep met) the fallback's kernel sockets on a path over 107 bytes: none of the
+    submission ran, so nothing is recorded anywhere (gradebook, results.json, history, the
+    leaderboard), the command exits 1 saying why, and the next run grades it."""
+    import autograder.sandbox
+    from autograder.leaderboard import from_course, read_history
+
+    who = f"unlucky{len(breakage)}"
+    shutil.copy(course / "release" / A / NB, (course / "submitted" / who / A).mkdir(parents=True)
+                or course / "submitted" / who / A / NB)
+    if breakage == "kernel-exits":
+        script = tmp_path / "kernel.py"
+        script.write_text("import sys\nsys.exit('this kernel cannot start')\n")
+        monkeypatch.setattr(autograder.sandbox, "_KERNEL", script)
+    else:
+        monkeypatch.setenv("MAESTRO_SANDBOX", "fallback")
+        deep = tmp_path.joinpath(*[f"folder-{i}-of-a-course-kept-deep-below-the-root" for i in range(4)])
+        deep.mkdir(parents=True)
+        monkeypatch.setattr(autograder.sandbox, "_short_private_dir", lambda: deep)
+    capsys.readouterr()
+    assert _cli("autograde", A, "--course", str(course), "--student", who) == 1
+    said = capsys.readouterr()
+    assert "NOT RECORDED" in said.out + said.err and "kernel did not start" in said.out + said.err
+    assert not (course / "autograded" / who).exists() and who not in _gradebook(course)
+    assert who not in {e.student for e in read_history(course, A)}
+    assert who not in {row.entry.student for row in from_course(course, A).rows}
+    monkeypatch.undo()
+    assert _cli("autograde", A, "--course", str(course), "--student", who) == 0
+    assert _gradebook(course)[who][0] == 0.0 and _results(course, who)["score"] == 0.0

@@ -28,7 +28,7 @@ BWRAP_OK, BWRAP_WHY = probe_bwrap()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap cannot start: {BWRAP_WHY}")
 
 
-@pytest.mark.skipif(not os.environ.get("CI"), reason="only CI promises bubblewrap (.ci/run installs it)")
+@pytest.mark.skipif(not os.environ.get("CI"), reason="only CI promises bubblewrap (make test installs it there)")
 def test_ci_runs_the_bubblewrap_path():
     assert BWRAP_OK, f"CI must test the strong sandbox, but bubblewrap cannot start: {BWRAP_WHY}"
 FAST = Limits(wall_seconds=60, memory_bytes=3 * 2**30, cpu_seconds=60, processes=256,
@@ -55,69 +55,140 @@ def run(tmp_path: Path, *cells: str, limits: Limits = FAST, **kw):
 SAVE = "import numpy as np\nnp.save(output_dir + '/x_adv.npy', np.arange(6.0).reshape(2, 3))"
 
 
-# ----------------------------------------------------------------------------- bwrap runs
+# ----------------------------------------------------------------------------- runs
 
-@needs_bwrap
-def test_good_notebook_with_inputs_and_parameters(tmp_path):
+@pytest.fixture(params=["bwrap", "fallback"])
+def sandbox(request):
+    """Both sandboxes, for what a notebook meets in either (statuses, limits, artifacts, the
+    kernel's start): the fallback is the path a machine without bubblewrap takes. What only
+    bubblewrap isolates is tested with it alone."""
+    if request.param == "bwrap" and not BWRAP_OK:
+        pytest.skip(f"bubblewrap cannot start: {BWRAP_WHY}")
+    return request.param
+
+
+def test_good_notebook_with_inputs_and_parameters(tmp_path, sandbox):
     data = tmp_path / "clean.npy"
     np.save(data, np.full((2, 3), 0.5))
     result = run(tmp_path,
                  "import numpy as np\nx = np.load(inputs['clean.npy'])\n"
                  "np.save(output_dir + '/x_adv.npy', x + eps)\nprint('done', eps)",
                  parameters={"eps": 0.25}, inputs={"clean.npy": data},
-                 outputs=["x_adv.npy"], sandbox="auto")
+                 outputs=["x_adv.npy"], sandbox="auto" if sandbox == "bwrap" else sandbox)
     assert result.status == "ok", result.reason + result.log_tail
-    assert result.sandbox == "bwrap" and not result.artifact_errors
+    assert result.sandbox == sandbox and not result.artifact_errors
     x = load(result.artifacts["x_adv.npy"])
     np.testing.assert_allclose(x, np.full((2, 3), 0.75))
     executed = json.loads(result.executed_notebook.read_text())
     assert "done 0.25" in json.dumps(executed)
 
 
-@needs_bwrap
-def test_exception_is_an_error_with_its_message(tmp_path):
+def test_exception_is_an_error_with_its_message(tmp_path, sandbox):
     result = run(tmp_path, "raise ValueError('eps must be positive, got -1')",
-                 outputs=["x_adv.npy"])
+                 outputs=["x_adv.npy"], sandbox=sandbox)
     assert result.status == "error"
     assert "ValueError" in result.reason and "eps must be positive, got -1" in result.reason
     assert "x_adv.npy" in result.artifact_errors and "missing" in result.reason
+    assert result.stage == "code" and result.grader_fault == ""  # the student's own doing
 
 
-@needs_bwrap
 @pytest.mark.parametrize("code", ["import os\nos._exit(1)",
                                   "import ctypes\nctypes.string_at(0)"],
                          ids=["os_exit", "segfault"])
-def test_dying_kernel_is_crashed(tmp_path, code):
-    result = run(tmp_path, code, outputs=["x_adv.npy"])
+def test_dying_kernel_is_crashed(tmp_path, code, sandbox):
+    result = run(tmp_path, code, outputs=["x_adv.npy"], sandbox=sandbox)
     assert result.status == "crashed", result.reason
     assert "kernel died" in result.reason
     assert ("code 1" if "exit" in code else "segmentation fault") in result.reason
+    assert result.stage == "code" and result.grader_fault == ""  # its code killed it
 
 
-@needs_bwrap
-def test_sys_exit_before_the_artifact(tmp_path):
-    result = run(tmp_path, "import sys\nsys.exit(0)", SAVE, outputs=["x_adv.npy"])
+DEEP = "/".join(f"a-course-folder-{i:02d}-of-an-instructor-who-keeps-things-tidy" for i in range(4))
+
+
+def test_a_course_folder_deep_below_the_root_runs(tmp_path, sandbox, monkeypatch):
+    """The kernel's UNIX sockets never live under the course (a socket's path may not exceed
+    107 bytes): a work folder far deeper than that runs as well as any other."""
+    deep = tmp_path / DEEP
+    deep.mkdir(parents=True)
+    assert len(str(deep / "run" / "work" / "tmp")) >= 150
+    made = []
+    short_dir = autograder.sandbox._short_private_dir
+    monkeypatch.setattr(autograder.sandbox, "_short_private_dir",
+                        lambda: made.append(short_dir()) or made[-1])
+    result = run(deep, SAVE, outputs=["x_adv.npy"], sandbox=sandbox)
+    assert result.status == "ok", result.reason + result.log_tail
+    assert result.stage == "code" and "x_adv.npy" in result.artifacts
+    assert len(made) == (sandbox == "fallback")  # bubblewrap's are in its own /tmp
+    assert not any(p.exists() for p in made)  # the sockets' folder went with the run
+
+
+def _kernel_that_cannot_start(tmp_path, monkeypatch):
+    script = tmp_path / "broken_kernel.py"
+    script.write_text("import sys\nprint('this kernel cannot start', file=sys.stderr)\nsys.exit(3)\n")
+    monkeypatch.setattr(autograder.sandbox, "_KERNEL", script)
+
+
+def _sockets_too_deep(tmp_path, monkeypatch):
+    """What happened to every notebook of a course a few folders deep (the kernel's sockets
+    were under the course folder): only the fallback made them there."""
+    deep = tmp_path / DEEP
+
+    def too_deep():
+        deep.mkdir(parents=True, exist_ok=True)
+        return deep
+
+    monkeypatch.setattr(autograder.sandbox, "_short_private_dir", too_deep)
+
+
+@pytest.mark.parametrize("breakage", [_kernel_that_cannot_start, _sockets_too_deep],
+                         ids=["kernel-exits", "socket-path-too-long"])
+def test_a_kernel_that_cannot_start_is_the_graders_fault(tmp_path, sandbox, monkeypatch, breakage):
+    """Nothing of the submission ran: the run says whose failure it is from how far it got
+    (the runner's stages), not from the error's text."""
+    if breakage is _sockets_too_deep and sandbox == "bwrap":
+        pytest.skip("bubblewrap's sockets are in its own /tmp, never under the course folder")
+    breakage(tmp_path, monkeypatch)
+    result = run(tmp_path, SAVE, outputs=["x_adv.npy"], sandbox=sandbox)
+    assert result.status != "ok" and result.stage == "notebook", (result.status, result.stage)
+    assert "kernel did not start" in result.grader_fault, result.grader_fault
+    detail = "cannot start" if breakage is _kernel_that_cannot_start else "too long"
+    assert detail in result.grader_fault + result.log_tail, result.grader_fault + result.log_tail
+
+
+def test_a_file_that_is_not_a_notebook_is_the_submissions_fault(tmp_path, sandbox):
+    """A broken .ipynb (truncated JSON, say) starts no kernel, but it is the student's file:
+    a 0 with what to do, not a grader failure retried for ever."""
+    nb = tmp_path / "student.ipynb"
+    nb.write_text('{"cells": [{"cell_type": "code", "source": "x = 1"')
+    result = run_notebook(nb, workdir=tmp_path / "run", limits=FAST, sandbox=sandbox,
+                          outputs=["x_adv.npy"])
+    assert result.status == "invalid" and result.grader_fault == "", result.reason
+    assert "not a notebook" in result.reason and "Save Notebook" in result.reason
+
+
+def test_sys_exit_before_the_artifact(tmp_path, sandbox):
+    result = run(tmp_path, "import sys\nsys.exit(0)", SAVE, outputs=["x_adv.npy"], sandbox=sandbox)
     assert result.status == "error" and "SystemExit" in result.reason
     assert "missing" in result.artifact_errors["x_adv.npy"]
     assert not result.ok
 
 
-@needs_bwrap
 @pytest.mark.slow
-def test_infinite_loop_times_out(tmp_path):
+def test_infinite_loop_times_out(tmp_path, sandbox):
     wall = 6.0
     start = time.monotonic()
     result = run(tmp_path, "while True:\n    pass",
-                 limits=Limits(wall_seconds=wall, memory_bytes=3 * 2**30), outputs=["x_adv.npy"])
+                 limits=Limits(wall_seconds=wall, memory_bytes=3 * 2**30), outputs=["x_adv.npy"],
+                 sandbox=sandbox)
     assert result.status == "timeout"
     assert "6 s" in result.reason
     assert time.monotonic() - start < wall + 10
 
 
-@needs_bwrap
-def test_memory_exhaustion_is_reported(tmp_path):
+def test_memory_exhaustion_is_reported(tmp_path, sandbox):
     result = run(tmp_path, "blob = bytearray(8 * 2**30)", outputs=["x_adv.npy"],
-                 limits=Limits(wall_seconds=60, memory_bytes=2 * 2**30))
+                 limits=Limits(wall_seconds=60, memory_bytes=2 * 2**30), sandbox=sandbox)
     assert result.status in ("error", "killed", "crashed")
     assert "memory" in result.reason.lower()
 
@@ -207,7 +278,7 @@ def test_without_a_memory_cgroup_shared_memory_is_refused(tmp_path, monkeypatch,
     assert json.loads(Path(result.artifacts["seen.json"]).read_text()) == "38"  # ENOSYS
 
 
-def test_a_notebook_with_many_busy_processes_does_not_starve_its_neighbour(tmp_path):
+def test_a_notebook_with_many_busy_processes_does_not_starve_its_neighbour(tmp_path, sandbox):
     """Two runs side by side: one keeps 24 processes busy, each in a session of its own (which
     defeats the kernel's per-session autogroups), the other one. With a cpu cgroup each, the
     runs share the processors as equals (the neighbour gets about a core of two); without, the
@@ -228,7 +299,7 @@ def test_a_notebook_with_many_busy_processes_does_not_starve_its_neighbour(tmp_p
 
     def go(name, code, **kw):
         (tmp_path / name).mkdir()
-        box[name] = run(tmp_path / name, code, limits=limits, **kw)
+        box[name] = run(tmp_path / name, code, limits=limits, sandbox=sandbox, **kw)
 
     threads = [threading.Thread(target=go, args=("hog", hog)),
                threading.Thread(target=go, args=("victim", victim), kwargs={"outputs": ["cpu.json"]})]
@@ -273,16 +344,16 @@ def test_cgroups_of_a_grader_that_was_killed_are_swept(tmp_path):
     assert not any(p.exists() for p in group.dirs.values())
 
 
-@needs_bwrap
 @pytest.mark.slow
-def test_fork_bomb_is_contained(tmp_path):
+def test_fork_bomb_is_contained(tmp_path, sandbox):
     marker = "617.25"
     bomb = ("import os\nkids = 0\nfor _ in range(10000):\n    pid = os.fork()\n"
             "    if pid == 0:\n"
             f"        os.execv('/usr/bin/sleep', ['sleep', '{marker}'])\n"
             "    kids += 1\n")
     result = run(tmp_path, bomb, outputs=["x_adv.npy"],
-                 limits=Limits(wall_seconds=60, memory_bytes=3 * 2**30, processes=64))
+                 limits=Limits(wall_seconds=60, memory_bytes=3 * 2**30, processes=64),
+                 sandbox=sandbox)
     assert result.status in ("error", "killed"), result.reason
     assert "process" in result.reason
     print(result.reason)
@@ -297,12 +368,11 @@ def test_fork_bomb_is_contained(tmp_path):
     assert leftovers == []
 
 
-@needs_bwrap
 @pytest.mark.slow
-def test_gigantic_output_is_capped(tmp_path):
+def test_gigantic_output_is_capped(tmp_path, sandbox):
     limits = Limits(wall_seconds=120, memory_bytes=3 * 2**30, output_bytes=64 * 2**10)
     result = run(tmp_path, "line = 'x' * 2**20\nfor _ in range(500):\n    print(line)", SAVE,
-                 limits=limits, outputs=["x_adv.npy"])
+                 limits=limits, outputs=["x_adv.npy"], sandbox=sandbox)
     assert result.status == "ok", result.reason
     assert "x_adv.npy" in result.artifacts
     assert result.executed_notebook.stat().st_size < 1 * 2**20
@@ -389,9 +459,10 @@ json.dump(seen, open(output_dir + '/seen.json', 'w'))
     "import os, time\nos.mkdir('flood')\nfor i in range(200000):\n"
     "    open(f'flood/{i}', 'w').close()\n    if i % 1000 == 0:\n        time.sleep(0.01)\n",
 ], ids=["bytes", "empty-files"])
-def test_filling_the_disk_is_stopped(tmp_path, code):
+def test_filling_the_disk_is_stopped(tmp_path, code, sandbox):
     result = run(tmp_path, code, SAVE, outputs=["x_adv.npy"],
-                 limits=Limits(wall_seconds=120, memory_bytes=3 * 2**30, disk_bytes=20 * 2**20))
+                 limits=Limits(wall_seconds=120, memory_bytes=3 * 2**30, disk_bytes=20 * 2**20),
+                 sandbox=sandbox)
     assert result.status == "killed" and "disk limit" in result.reason, result.reason
     assert "x_adv.npy" in result.artifact_errors
 
@@ -420,8 +491,7 @@ def test_memory_backed_folders_are_read_only_or_sized(tmp_path):
                     "/tmp": "ENOSPC", "/dev/shm": "ENOSPC"}, seen
 
 
-@needs_bwrap
-def test_bad_artifacts_are_refused_with_reasons(tmp_path):
+def test_bad_artifacts_are_refused_with_reasons(tmp_path, sandbox):
     code = """
 import numpy as np, os
 np.save(output_dir + '/objects.npy', np.array([{'a': 1}, None], dtype=object), allow_pickle=True)
@@ -435,7 +505,8 @@ np.save(output_dir + '/big.npy', np.zeros(2**19))
 np.save(output_dir + '/xadv.npy', np.zeros(3))
 """
     result = run(tmp_path, code,
-                 outputs=["objects.npy", "link.npy", "big.npy", "x_adv.npy", "mode.json"])
+                 outputs=["objects.npy", "link.npy", "big.npy", "x_adv.npy", "mode.json"],
+                 sandbox=sandbox)
     assert result.status == "ok", result.reason
     errors = result.artifact_errors
     assert list(result.artifacts) == ["mode.json"]
@@ -448,18 +519,16 @@ np.save(output_dir + '/xadv.npy', np.zeros(3))
     assert left.exists() and not left.stat().st_mode & 0o6000
 
 
-@needs_bwrap
-def test_replacing_the_output_folder_by_a_symlink_is_refused(tmp_path):
+def test_replacing_the_output_folder_by_a_symlink_is_refused(tmp_path, sandbox):
     code = ("import os, shutil\nshutil.rmtree(output_dir)\n"
             "os.symlink('/usr/lib', output_dir)")
-    result = run(tmp_path, code, outputs=["os.json"])
+    result = run(tmp_path, code, outputs=["os.json"], sandbox=sandbox)
     assert result.artifacts == {}
     assert "output folder" in result.artifact_errors["os.json"]
 
 
-@needs_bwrap
 @pytest.mark.slow
-def test_maestro_and_the_zoo_work_inside(tmp_path):
+def test_maestro_and_the_zoo_work_inside(tmp_path, sandbox):
     from maestro._home import maestro_home
 
     zoo = Path(maestro_home())
@@ -470,14 +539,13 @@ def test_maestro_and_the_zoo_work_inside(tmp_path):
                  "data = maestro.datasets.load('mnist', split='dev')\n"
                  "np.save(output_dir + '/pred.npy', model.predict(data.x[:32]).numpy())",
                  outputs=["pred.npy"], maestro_home=zoo,
-                 limits=Limits(wall_seconds=120, memory_bytes=4 * 2**30))
+                 limits=Limits(wall_seconds=120, memory_bytes=4 * 2**30), sandbox=sandbox)
     assert result.status == "ok", result.reason + result.log_tail
     pred = load(result.artifacts["pred.npy"])
     assert pred.shape == (32,) and pred.dtype.kind == "i"
 
 
-@needs_bwrap
-def test_what_the_notebook_leaves_open_is_written_out(tmp_path):
+def test_what_the_notebook_leaves_open_is_written_out(tmp_path, sandbox):
     """The kernel (autograder/_kernel.py) leaves without the interpreter's teardown: files the
     notebook never closed, even ones only a module still holds, must be complete; a
     non-daemon thread still running makes it exit the ordinary way, after the thread."""
@@ -493,7 +561,7 @@ def test_what_the_notebook_leaves_open_is_written_out(tmp_path):
                  "sys.keep = (f, g, t)  # outlives IPython's reset of the namespace\n"
                  "open('helper.py', 'w').write('VALUE = 7\\n')",
                  "import helper, debugpy\nassert helper.VALUE == 7",
-                 outputs=["x_adv.npy"])
+                 outputs=["x_adv.npy"], sandbox=sandbox)
     assert result.status == "ok", result.reason + result.log_tail
     np.testing.assert_array_equal(load(result.artifacts["x_adv.npy"]), np.arange(100000.0))
     outputs = tmp_path / "run" / "work" / "outputs"
@@ -509,20 +577,19 @@ def test_what_the_notebook_leaves_open_is_written_out(tmp_path):
                "    time.sleep(1.0)\n"
                "    np.save(output_dir + '/x_adv.npy', np.ones(3))\n"
                "threading.Thread(target=later).start()",
-               outputs=["x_adv.npy"])
+               outputs=["x_adv.npy"], sandbox=sandbox)
     assert late.status == "ok", late.reason + late.log_tail
     assert load(late.artifacts["x_adv.npy"]).tolist() == [1.0, 1.0, 1.0]
 
 
-@needs_bwrap
-def test_runs_in_parallel_threads_stay_apart(tmp_path):
+def test_runs_in_parallel_threads_stay_apart(tmp_path, sandbox):
     results = {}
 
     def go(i: int) -> None:
         folder = tmp_path / f"s{i}"
         folder.mkdir()
         results[i] = run(folder, f"import numpy as np\nnp.save(output_dir + '/x.npy', "
-                                 f"np.full(3, {i}))", outputs=["x.npy"])
+                                 f"np.full(3, {i}))", outputs=["x.npy"], sandbox=sandbox)
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(3)]
     for t in threads:
