@@ -131,7 +131,14 @@ def read_secret(course: Path) -> str:
         raise ValueError(f"{course}: no course secret at {path} (run maestro course init)") from None
 
 
+#: overrides ``[grading] sandbox`` of every course, e.g. ``MAESTRO_SANDBOX=fallback`` to grade
+#: (or run ``maestro demo``) without bubblewrap on a machine that has it
+SANDBOX_ENV = "MAESTRO_SANDBOX"
+
+
 def load_settings(course: Path) -> CourseSettings:
+    """maestro.toml's ``[grading]``; ``$MAESTRO_SANDBOX`` (auto, bwrap or fallback), where set,
+    replaces its ``sandbox``."""
     path = Path(course) / "maestro.toml"
     if not path.is_file():
         raise ValueError(f"{course}: no maestro.toml (run maestro course init DIR first)")
@@ -143,6 +150,12 @@ def load_settings(course: Path) -> CourseSettings:
     extra = sorted(set(raw) - set(known))
     if extra:
         raise ValueError(f"{path}: [grading] unknown key(s) {', '.join(extra)} (known: {', '.join(known)})")
+    forced = os.environ.get(SANDBOX_ENV, "").strip()
+    if forced:
+        if forced not in ("auto", "bwrap", "fallback"):
+            raise ValueError(f"${SANDBOX_ENV}={forced!r}: give auto, bwrap or fallback (or unset it "
+                             f"to use {path}'s [grading] sandbox)")
+        raw["sandbox"] = forced
     settings = CourseSettings(**raw)
     if settings.workers < 1 or settings.timeout_s < 0 or settings.sandbox not in ("auto", "bwrap", "fallback"):
         raise ValueError(f"{path}: [grading] workers must be ≥ 1, timeout_s ≥ 0, "

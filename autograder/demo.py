@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .sandbox import _FALLBACK_WARNING
+
 A = "01-whitebox"
 MARKER = ".maestro-demo"
 
@@ -203,7 +205,8 @@ def run_course_demo(folder="maestro-demo-course", *, quick: bool = False, worker
                   "below": 0 < o.score < pass_score,
                   "zero": o.score == 0}[s.expect] and s.why.lower() in _reason(folder, s.id).lower()
             ok = ok and o.state in ("graded", "failed")
-            line = (_reason(folder, s.id)[:110] or "graded").replace("\n", " ")
+            line = (_reason(folder, s.id) or "graded").replace("\n", " ")
+            line = line.replace(_FALLBACK_WARNING + ". ", "")[:110]  # said once, above
         wrong += not ok
         _say(f"{s.id:<8} {s.expect:<9} {o.score if o else 0:5.1f}   {'ok ' if ok else 'WRONG'} {line}")
     wrong += not feedback_ok

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,21 +22,35 @@ A = "01-whitebox"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    if not probe_bwrap()[0]:
-        pytest.skip("bubblewrap cannot run here (CI installs it; tests/test_sandbox.py fails in CI)")
-    where = tmp_path_factory.mktemp("demo")
+#: a course folder as deep as an instructor's may be: its kernels' sockets must not live in it
+DEEP = "/".join(f"teaching-{i}-adversarial-machine-learning-course-folder" for i in range(3))
+
+
+@pytest.fixture(scope="module", params=["bwrap", "fallback"])
+def demo(request, tmp_path_factory):
+    """`maestro demo --quick` from a deep folder, once in each sandbox: with bubblewrap, and
+    with the fallback forced ($MAESTRO_SANDBOX), the path of every machine without it."""
+    sandbox = request.param
+    if sandbox == "bwrap" and not probe_bwrap()[0]:
+        pytest.skip(f"bubblewrap cannot start: {probe_bwrap()[1]} (make test installs it as root; "
+                    "tests/test_sandbox.py fails in CI without it)")
+    where = tmp_path_factory.mktemp(f"demo-{sandbox}") / DEEP
+    where.mkdir(parents=True)
+    env = {**os.environ, "MAESTRO_SANDBOX": sandbox}
     out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--quick"], cwd=where,
-                         capture_output=True, text=True, timeout=600, check=False)
-    return where / "maestro-demo-course", out
+                         capture_output=True, text=True, timeout=600, check=False, env=env)
+    course = where / "maestro-demo-course"
+    assert len(str(course / ".maestro" / "tmp")) > 200
+    return course, out, sandbox
 
 
 @pytest.mark.slow
 def test_demo_grades_every_kind_of_submission_as_expected(demo):
-    course, out = demo
+    course, out, sandbox = demo
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "every outcome as expected" in out.stdout
+    results = json.loads((course / "autograded" / "ada" / A / "results.json").read_text())
+    assert results["extra_data"]["maestro"]["sandbox"] == sandbox
     for who in ("ada", "ben", "cy", "dan", "eve", "fay", "gus"):
         assert re.search(rf"^{who}\s+\w+\s+[\d.]+\s+ok ", out.stdout, re.M), who
     rows = list(csv.DictReader((course / "leaderboard" / A / "leaderboard.csv").open()))
@@ -52,7 +67,7 @@ def test_feedback_from_nbgrader_and_maestro_leaks_nothing_hidden(demo):
     from autograder.course import read_secret
     from autograder.scoring import HiddenData
 
-    course, out = demo
+    course, out, _ = demo
     assert out.returncode == 0
     hidden = HiddenData.load(load_config(course / "source" / A / "grading.toml"), read_secret(course))
     labels = "".join(map(str, hidden.y.numpy()[:16]))
