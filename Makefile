@@ -11,11 +11,12 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_
 # test processes (pytest-xdist; whole files per process, so module fixtures run once). 0: one process
 PYTEST_WORKERS ?= 2
 
-.PHONY: install models demo test bench lint lab clean help
+.PHONY: install debs models demo test bench lint lab clean help
 
 help:
 	@echo "make demo   - install, build the model zoo, run the course demo (7 students, autograde, leaderboard)"
 	@echo "make test   - install, build the model zoo, run the test suite"
+	@echo "make debs   - the Debian packages (bubblewrap, chromium, postgresql), where root may install them"
 	@echo "make bench  - run the benchmarks (benchmarks/*.py)"
 	@echo "make lint   - ruff"
 	@echo "make lab    - JupyterLab with the nbgrader extension in a course folder (COURSE=course)"
@@ -30,13 +31,23 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 
 install: $(STAMP)
 
+# Debian packages beside Python: bubblewrap (the autograder's sandbox) for the demo and the
+# tests; chromium and postgresql for the browser and PostgreSQL tests. Installed where this
+# machine allows it (root or passwordless sudo, and apt-get); elsewhere the exact command is
+# printed and everything goes on without them (scripts/system-packages.sh says what that costs).
+DEBS ?= bubblewrap chromium postgresql
+demo: DEBS = bubblewrap
+test: DEBS = bubblewrap chromium postgresql
+debs:
+	@bash scripts/system-packages.sh $(DEBS)
+
 models: install
 	$(OFFLINE) $(BIN)/maestro models build
 
-demo: models
+demo: debs models
 	$(OFFLINE) $(BIN)/maestro demo $(DEMO_FLAGS)
 
-test: models
+test: debs models
 	$(OFFLINE) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)
 
 bench: models

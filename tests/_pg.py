@@ -6,7 +6,7 @@ start`` on a free loopback port (trust authentication, loopback only), databases
         url = pg.create_database("server")    # "postgresql+psycopg://postgres@127.0.0.1:PORT/server"
 
 Where PostgreSQL is missing or cannot start, the tests are skipped with the precise reason;
-under CI as root (``.ci/run`` installs Debian ``postgresql``) that is a failure instead, so a
+under CI as root (``make test`` installs Debian ``postgresql`` there) that is a failure instead, so a
 green CI always ran them. ``initdb`` refuses root: as root the cluster runs as the ``postgres``
 system user (made by the Debian package), which then owns the temporary folder.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-INSTALL_HINT = ".ci/run installs Debian postgresql as root; elsewhere: apt-get install postgresql"
+INSTALL_HINT = "make debs installs Debian postgresql as root; elsewhere: sudo apt-get install postgresql"
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -150,7 +150,7 @@ def postgres_cluster(timeout: float = 60.0):
 
 
 def must_run() -> bool:
-    """CI as root installs PostgreSQL (.ci/run): there the PostgreSQL tests may not skip."""
+    """CI as root installs PostgreSQL (make test): there the PostgreSQL tests may not skip."""
     return bool(os.environ.get("CI")) and os.geteuid() == 0
 
 

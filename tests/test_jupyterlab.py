@@ -9,7 +9,7 @@ browser → kernel callback → browser), checks what is shown, and saves screen
 ``$MAESTRO_TEST_ARTIFACTS`` (default: ``test-artifacts/`` at the repository root).
 
 Without chromium, Playwright or JupyterLab the test is skipped with the reason; under CI as root
-(where ``.ci/run`` installs chromium) it fails instead, so CI never skips it silently.
+(where ``make test`` installs chromium) it fails instead, so CI never skips it silently.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ just kept. Screenshots go into ``$MAESTRO_TEST_ARTIFACTS`` (default: ``test-arti
 repository root).
 
 Without chromium or Playwright the test is skipped with the reason; under CI as root (where
-``.ci/run`` installs chromium) it fails instead, so CI never skips it silently.
+``make test`` installs chromium) it fails instead, so CI never skips it silently.
 """
 
 from __future__ import annotations
