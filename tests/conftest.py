@@ -35,3 +35,49 @@ def course_server(tmp_path_factory):
             return url, app, course
 
         yield start
+
+
+# -- one line at the end of the run: what was skipped, why, and what would run it ----------------
+#: (cause, pattern of the skip reasons it explains, what enables those tests); first match wins
+SKIP_CAUSES = (
+    ("run in CI only", r"^only CI", "CI=true make test"),
+    ("need bubblewrap", r"bubblewrap|bwrap",
+     "make debs as root, or: sudo apt-get install bubblewrap"),
+    ("need chromium", r"chromium|playwright|browser",
+     "make debs as root, or: sudo apt-get install chromium"),
+    ("need PostgreSQL", r"postgres|pg_ctl|initdb",
+     "make debs as root, or: sudo apt-get install postgresql"),
+    ("need an NVIDIA GPU", r"CUDA|GPU|NVIDIA", "a GPU machine: .ci/gpu-check (README, Development)"),
+    ("need root", r"cgroup|root|CAP_MKNOD", "run the tests as root"),
+    ("need the model zoo", r"zoo|models build|is not built", "make models"),
+)
+
+
+def skip_summary(reasons: list[str]) -> str:
+    """``skipped N: k need X [what enables them]; ...`` for the skip reasons of a run."""
+    import re
+
+    if not reasons:
+        return "skipped: none"
+    counts: dict[tuple[str, str], int] = {}
+    for reason in reasons:
+        cause = next(((c, fix) for c, pattern, fix in SKIP_CAUSES
+                      if re.search(pattern, reason, re.IGNORECASE)),
+                     ("for other reasons", "see the SKIPPED lines above"))
+        counts[cause] = counts.get(cause, 0) + 1
+    parts = [f"{n} {cause} [{fix}]" for (cause, fix), n in
+             sorted(counts.items(), key=lambda kv: -kv[1])]
+    return f"skipped {len(reasons)}: " + "; ".join(parts)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """After pytest's own summary (the SKIPPED lines), just above its closing line."""
+    result = yield
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reasons.append(text.removeprefix("Skipped: "))
+    terminalreporter.write_line(skip_summary(reasons), bold=bool(reasons), yellow=bool(reasons))
+    return result
