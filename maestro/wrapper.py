@@ -27,11 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import AccessDenied, QueryBudgetExceeded
+from ._account import ACCESS_LEVELS, QueryAccount, check_access
+from ._account import RANK as _RANK  # noqa: F401  (evaluation imports it from here)
+from ._account import check_budget as _check_budget  # noqa: F401  (models imports it from here)
 from .text import TokenBatch, as_tokenizer
 
-ACCESS_LEVELS = ("labels", "scores", "white-box")
-_RANK = {a: i for i, a in enumerate(ACCESS_LEVELS)}
+__all__ = ["ACCESS_LEVELS", "ModelWrapper", "check_access", "margin_loss", "per_example_loss"]
+
 _ALLOWS = {
     "labels": "predict, tokenize, detokenize",
     "scores": "predict, predict_proba, logits, tokenize, detokenize",
@@ -39,12 +41,6 @@ _ALLOWS = {
     "logits_from_embeddings and the model itself",
 }
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_access(access: str) -> str:
-    if access not in _RANK:
-        raise ValueError(f"access must be one of {', '.join(ACCESS_LEVELS)}; got {access!r}")
-    return access
 
 
 class ModelWrapper:
@@ -100,17 +96,13 @@ class ModelWrapper:
         self._num_classes = num_classes
         self._input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         self._bounds = (lo, hi)
-        self._access = check_access(access)
-        self._budget = _check_budget(budget)
+        self._account = QueryAccount(access, budget, _ALLOWS)
         # 256 images a pass: lenet-mnist's gradient on CPU takes 30 % less time per image than
         # at 512 (oneDNN's convolutions leave the cache above that), the other zoo models the same
         self.batch_size = int(batch_size or (256 if modality == "image" else 64))
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         self.name = name
         self.info = dict(info or {})
-        self._lock = threading.Lock()
-        self._queries = 0
-        self._gradient_queries = 0
         if device is not None:
             self.to(device)
 
@@ -133,26 +125,26 @@ class ModelWrapper:
 
     @property
     def access(self) -> str:
-        return self._access
+        return self._account.access
 
     @property
     def budget(self) -> int | None:
-        return self._budget
+        return self._account.budget
 
     @property
     def queries(self) -> int:
         """Inputs sent forward so far (every method that runs the model counts)."""
-        return self._queries
+        return self._account.queries
 
     @property
     def gradient_queries(self) -> int:
         """Inputs for which a gradient was computed so far."""
-        return self._gradient_queries
+        return self._account.gradient_queries
 
     @property
     def remaining(self) -> int | None:
         """Inputs the budget still allows (``None`` when unlimited)."""
-        return None if self._budget is None else self._budget - self._queries
+        return self._account.remaining
 
     @property
     def device(self) -> torch.device:
@@ -174,10 +166,10 @@ class ModelWrapper:
         return self.__tokenizer
 
     def __repr__(self) -> str:
-        budget = "unlimited" if self._budget is None else f"{self.remaining}/{self._budget} left"
+        budget = "unlimited" if self.budget is None else f"{self.remaining}/{self.budget} left"
         return (
             f"ModelWrapper({self.name or type(self.__module).__name__!s}, modality={self._modality}, "
-            f"classes={self._num_classes}, access={self._access}, budget={budget}, device={self.device})"
+            f"classes={self._num_classes}, access={self.access}, budget={budget}, device={self.device})"
         )
 
     # -- housekeeping --------------------------------------------------------------------
@@ -191,16 +183,11 @@ class ModelWrapper:
 
     def reset(self) -> None:
         """Set the query counters back to zero."""
-        with self._lock:
-            self._queries = 0
-            self._gradient_queries = 0
+        self._account.reset()
 
     def restrict(self, access: str, budget: int | None = None) -> ModelWrapper:
         """A new wrapper over the same model at an equal or lower access level, with fresh
         counters and its own ``budget``."""
-        check_access(access)
-        if _RANK[access] > _RANK[self._access]:
-            raise AccessDenied(f"cannot raise access from {self._access!r} to {access!r}")
         return ModelWrapper(
             self.__module,
             modality=self._modality,
@@ -208,7 +195,7 @@ class ModelWrapper:
             input_shape=self._input_shape,
             input_bounds=self._bounds,
             tokenizer=self.__tokenizer,
-            access=access,
+            access=self._account.lower(access),
             budget=budget,
             batch_size=self.batch_size,
             classes=self.classes,
@@ -218,36 +205,15 @@ class ModelWrapper:
 
     # -- checks --------------------------------------------------------------------------
     def _require(self, level: str, method: str) -> None:
-        if _RANK[self._access] < _RANK[level]:
-            raise AccessDenied(
-                f"{method}() needs {level!r} access, but this wrapper has {self._access!r} access, "
-                f"which allows: {_ALLOWS[self._access]}"
-            )
+        self._account.require(level, method)
 
     def _require_text(self, method: str) -> None:
         if self._modality != "text":
             raise TypeError(f"{method}() is for text models; this is an {self._modality} model")
 
-    @contextmanager
     def _charge(self, n: int, gradient: bool = False):
         """Reserve ``n`` queries before running anything; refund them if the call fails."""
-        with self._lock:
-            if self._budget is not None and self._queries + n > self._budget:
-                raise QueryBudgetExceeded(
-                    f"this call needs {n} queries but only {self._budget - self._queries} of the "
-                    f"budget of {self._budget} are left; nothing was run"
-                )
-            self._queries += n
-            if gradient:
-                self._gradient_queries += n
-        try:
-            yield
-        except BaseException:
-            with self._lock:
-                self._queries -= n
-                if gradient:
-                    self._gradient_queries -= n
-            raise
+        return self._account.charge(n, gradient)
 
     def _images(self, x, arg: str = "x") -> torch.Tensor:
         if isinstance(x, np.ndarray):
@@ -498,14 +464,6 @@ def _cudnn_disabled():
             _CUDNN_OFF["holds"] -= 1
             if _CUDNN_OFF["holds"] == 0:
                 torch.backends.cudnn.enabled = _CUDNN_OFF["was"]
-
-
-def _check_budget(budget) -> int | None:
-    if budget is None:
-        return None
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-        raise ValueError(f"budget must be a non-negative int or None, got {budget!r}")
-    return budget
 
 
 def _logits_of(out) -> torch.Tensor:
