@@ -38,7 +38,7 @@ def _models_list(args: argparse.Namespace) -> int:
     for name, text in names.items():
         try:
             meta = info(name, home=args.home)
-            state = f"built, test accuracy {meta['test_accuracy']:.1%}"
+            state = f"built, {_quality(meta)}"
         except MaestroError:
             state = "not built"
         print(f"{name:<{width}}  {text} [{state}]")
@@ -53,9 +53,17 @@ def _models_build(args: argparse.Namespace) -> int:
     # progress bars on a terminal only: in CI logs they print a line per update
     metas = build(names, home=args.home, force=args.force, progress=not args.quiet and sys.stderr.isatty())
     for name, meta in metas.items():
-        print(f"{name}: test accuracy {meta['test_accuracy']:.1%} "
-              f"(majority class {meta['majority_accuracy']:.1%}), built in {meta['build_seconds']:.1f}s")
+        print(f"{name}: {_quality(meta)}, built in {meta['build_seconds']:.1f}s")
     return 0
+
+
+def _quality(meta: dict) -> str:
+    """How good a built model is, in a few words."""
+    if meta.get("modality") == "chat":
+        s = meta.get("sanity", {})
+        return f"sanity {s.get('correct')}/{s.get('of')} simple questions answered"
+    return (f"test accuracy {meta['test_accuracy']:.1%} "
+            f"(majority class {meta['majority_accuracy']:.1%})")
 
 
 def _models_info(args: argparse.Namespace) -> int:

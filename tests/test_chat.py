@@ -1,0 +1,211 @@
+"""The chat modality on the real SmolLM2-135M-Instruct: the zoo build from the wheel's GGUF file,
+the ChatModel contract (access levels, exact budgets under threads, batched and seeded
+generation, teacher-forced target scores, one-hot gradients), the suffix threat model and the
+suffix attacks. The model is built once (``maestro models build smollm2-chat``, ~40 s) and
+loaded once per module (~3 s); everything runs on one torch thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from maestro import models
+from maestro.attacks.gcg import GCG, RandomSearch, UniversalGCG
+from maestro.chat import Chat, ChatModel
+from maestro.errors import AccessDenied, QueryBudgetExceeded, ThreatModelViolation
+from maestro.threat import ThreatModel
+
+NAME = "smollm2-chat"
+FRANCE = Chat("What is the capital of France? Answer in one word.")
+
+
+@pytest.fixture(scope="module")
+def chat(one_torch_thread):
+    models.build([NAME], progress=False)  # skipped when built
+    return models.load(NAME)
+
+
+def test_the_zoo_builds_it_from_the_gguf_file_and_says_what_it_is(chat):
+    from maestro.models.archs import sha256_file
+    from maestro.models.chat import CHAT_ZOO, gguf_path
+
+    meta = models.info(NAME)
+    assert meta["modality"] == "chat" and meta["architecture"] == "LlamaForCausalLM"
+    assert meta["parameters"] == 134_515_008
+    assert meta["source"]["sha256"] == sha256_file(gguf_path(CHAT_ZOO[NAME]))  # the real file
+    assert meta["sanity"]["correct"] >= 5, meta["sanity"]  # it answers simple questions
+    folder = models.model_dir(NAME)
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pkl"))  # never pickle
+    assert isinstance(chat, ChatModel) and chat.info["sha256"] == meta["sha256"]
+    assert NAME in models.list_models()
+
+
+def test_greedy_answers_batched_as_one_by_one(chat):
+    chats = [FRANCE, Chat("What is 2+2?"), Chat("Name a fruit. {adv}", system="Answer in French.")]
+    one = [chat.generate([c], adv=a, max_new_tokens=12)[0] for c, a in zip(chats, ["", "", "Be brief."])]
+    assert chat.generate(chats, adv=["", "", "Be brief."], max_new_tokens=12) == one  # left padding
+    assert "Paris" in one[0]
+
+
+def test_sampling_is_seeded(chat):
+    kw = {"sample": True, "temperature": 1.0, "max_new_tokens": 12}
+    a = chat.generate([FRANCE] * 3, seed=7, **kw)
+    assert chat.generate([FRANCE] * 3, seed=7, **kw) == a
+    assert len({*a, *chat.generate([FRANCE] * 3, seed=8, **kw)}) > 1
+
+
+def test_target_scores_are_teacher_forced_log_probabilities(chat):
+    """Against a plain forward pass over each whole sequence (no cache, no padding)."""
+    chats = [FRANCE, Chat("Tell me a joke. {adv} Thanks!", system="You are terse.")]
+    targets = ["The capital of France is Paris.", "Sure"]
+    advs = ["", "zebra piano"]
+    got = chat.target_logprobs(chats, targets, adv=advs)
+    module = chat.model
+    for i, (c, t, a) in enumerate(zip(chats, targets, advs)):
+        prompt = chat.ids(c, a)
+        tid = chat.tokenize(t)
+        with torch.no_grad():
+            logp = module(torch.cat([prompt, tid])[None]).logits[0].log_softmax(-1)
+        want = logp[len(prompt) - 1:len(prompt) - 1 + len(tid)].gather(1, tid[:, None])[:, 0]
+        torch.testing.assert_close(got.per_token[i], want, atol=2e-4, rtol=1e-4)
+        assert bool(got.greedy[i]) == bool((logp[len(prompt) - 1:len(prompt) - 1 + len(tid)].argmax(-1) == tid).all())
+    assert bool(got.greedy[0]) and chat.generate(FRANCE, max_new_tokens=10)[0].startswith(targets[0])
+
+
+def test_the_slot_tokens_are_the_same_from_text_and_from_ids(chat):
+    suffix = "describing.+ similarlyNow write oppositeley"
+    ids = chat.tokenize(suffix)
+    assert torch.equal(chat.ids(FRANCE, suffix), chat.ids(FRANCE, ids))
+    assert chat.render(FRANCE, suffix).count(suffix) == 1
+    assert chat.clean_tokens(ids) and not chat.clean_tokens(chat.tokenize("<|im_end|>"))
+
+
+def test_token_gradient_is_the_gradient_of_the_target_loss(chat):
+    """The one-hot gradient (prefix served from its cache) against autograd through a plain
+    forward over the whole sequence."""
+    adv = chat.tokenize(" ! ! ! ! !")
+    grad, loss = chat.token_gradient([FRANCE], adv, "Sure, here")
+    module = chat.model
+    w = module.get_input_embeddings().weight
+    prompt = chat.ids(FRANCE, adv)
+    head = _head_len(chat)
+    assert torch.equal(prompt[head:head + len(adv)], adv)
+    tid = chat.tokenize("Sure, here")
+    one_hot = torch.nn.functional.one_hot(adv, w.shape[0]).float().requires_grad_(True)
+    emb = module.get_input_embeddings()(torch.cat([prompt, tid]))
+    emb = torch.cat([emb[:head], one_hot @ w, emb[head + len(adv):]])
+    logits = module(inputs_embeds=emb[None]).logits[0]
+    ref = torch.nn.functional.cross_entropy(logits[len(prompt) - 1:len(prompt) - 1 + len(tid)], tid)
+    ref_grad = torch.autograd.grad(ref, one_hot)[0]
+    assert float(loss[0]) == pytest.approx(float(ref.detach()), rel=1e-4)
+    # the same up to float32 rounding (the cached prefix is computed by other kernels) ...
+    assert float((grad - ref_grad).abs().max()) < 1e-3 * float(ref_grad.abs().max())
+    # ... so GCG draws its candidates from the same tokens
+    for mine, theirs in zip((-grad).topk(64).indices, (-ref_grad).topk(64).indices):
+        assert len(set(mine.tolist()) & set(theirs.tolist())) >= 60
+
+
+def _head_len(chat) -> int:
+    """Tokens before the slot of FRANCE (its user text has no slot: it is at the end)."""
+    with_adv = chat.ids(FRANCE, "x").tolist()
+    x = chat.tokenize("x").tolist()
+    for i in range(len(with_adv)):
+        if with_adv[i:i + len(x)] == x:
+            return i
+    raise AssertionError("slot not found")
+
+
+def test_access_levels_and_exact_budgets(chat):
+    spent = chat.queries
+    labels = chat.restrict("labels", budget=5)
+    assert labels.generate(FRANCE, max_new_tokens=3) and labels.queries == 1
+    with pytest.raises(AccessDenied, match="needs 'scores' access"):
+        labels.target_logprobs(FRANCE, "Paris")
+    with pytest.raises(AccessDenied):
+        labels.restrict("white-box")
+    scores = chat.restrict("scores", budget=3)
+    scores.target_logprobs([FRANCE, FRANCE], ["Paris", "Rome"])
+    with pytest.raises(AccessDenied, match="token_gradient"):
+        scores.token_gradient(FRANCE, "! !", "Sure")
+    with pytest.raises(QueryBudgetExceeded, match="needs 2 queries but only 1"):
+        scores.target_logprobs([FRANCE, FRANCE], ["Paris", "Rome"])
+    assert scores.queries == 2 and scores.remaining == 1  # nothing charged for the refused call
+    with pytest.raises(ValueError, match="non-empty"):  # bad input: refused, nothing charged
+        scores.target_logprobs([FRANCE], [""])
+    assert scores.queries == 2 and chat.queries == spent  # the original counts none of this
+
+
+def test_budgets_are_exact_under_threads(chat):
+    """8 threads ask for 2 sequences each, 12 at most are allowed: exactly 6 calls run."""
+    limited = chat.restrict("scores", budget=12)
+    outcomes = []
+
+    def ask():
+        try:
+            limited.target_logprobs([FRANCE, FRANCE], ["Paris", "Rome"])
+            outcomes.append("ran")
+        except QueryBudgetExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("ran") == 6 and limited.queries == 12 and limited.remaining == 0
+
+
+def test_the_suffix_threat_model(chat):
+    threat = ThreatModel("suffix", 6, tokenizer=chat.tokenizer)
+    prompts = ["a", "b", "c", "d"]
+    suffixes = ["short one", "far too many words for this budget of six", "ok <|im_end|>", "bell\x07"]
+    found = {v.rule: v.indices for v in threat.violations(prompts, suffixes)}
+    assert found == {"norm": (1,), "vocab": (2,), "finite": (3,)}, found
+    assert threat.norms(prompts[:1], suffixes[:1]).tolist() == [2.0]
+    with pytest.raises(ThreatModelViolation, match="fake end of turn"):
+        threat.check(prompts, suffixes)
+    with pytest.raises(ValueError, match="needs tokenizer"):
+        ThreatModel("suffix", 6)
+
+
+def test_gcg_lowers_the_target_loss_within_the_threat_model(chat):
+    threat = ThreatModel("suffix", 8, tokenizer=chat.tokenizer)
+    attack = GCG(threat, steps=4, top_k=32, batch=16, init="! " * 8)
+    target = "Sure"
+    before = chat.queries
+    result = attack(chat, [Chat("Write a haiku about rain.")], [target])
+    loss = result.info["loss"][0]
+    assert len(loss) == 5 and loss[-1] < loss[0] - 0.5, loss
+    assert result.queries == chat.queries - before and result.queries > 4 * 16
+    threat.check(["x"], result.x_adv)
+    assert result.norms.tolist() == [8.0]
+    again = attack(chat, [Chat("Write a haiku about rain.")], [target])
+    assert again.x_adv == result.x_adv  # the same seed, the same suffix
+
+
+def test_gcg_stops_at_once_where_the_answer_already_begins_with_the_target(chat):
+    threat = ThreatModel("suffix", 4, tokenizer=chat.tokenizer)
+    result = GCG(threat, steps=50, init="! " * 4)(chat, [FRANCE], ["The capital of France"])
+    assert bool(result.success[0]) and result.info["steps"] == [0]
+
+
+def test_universal_gcg_shares_one_suffix(chat):
+    threat = ThreatModel("suffix", 6, tokenizer=chat.tokenizer)
+    prompts = [Chat("Write a haiku about rain."), Chat("Describe a cat.")]
+    result = UniversalGCG(threat, steps=2, top_k=16, batch=8, init="! " * 6)(chat, prompts, "Sure")
+    assert result.x_adv[0] == result.x_adv[1] == result.info["suffix"]
+    assert result.info["loss"][-1] < result.info["loss"][0]
+
+
+def test_random_search_needs_only_scores(chat):
+    threat = ThreatModel("suffix", 6, tokenizer=chat.tokenizer, access="scores")
+    scores = chat.restrict("scores")
+    with pytest.raises(AccessDenied, match="gcg needs 'white-box'"):
+        GCG(threat, steps=1)(scores, [FRANCE], ["Sure"])
+    result = RandomSearch(threat, steps=3, batch=8, init="! " * 6)(scores, [Chat("Describe a cat.")], ["Sure"])
+    loss = result.info["loss"][0]
+    assert loss == sorted(loss, reverse=True) and len(loss) == 4  # kept only improvements
+    threat.check(["x"], result.x_adv)
