@@ -11,7 +11,8 @@ that sequence; ``render(chat, adv)`` its text.
 Access levels:
 
 * ``labels``: :meth:`ChatModel.generate` (text out), ``render``, ``tokenize``, ``detokenize``;
-* ``scores``: also :meth:`ChatModel.target_logprobs` (like an API that returns log-probabilities);
+* ``scores``: also :meth:`ChatModel.target_logprobs` and :meth:`ChatModel.text_logprobs` (like an
+  API that returns log-probabilities);
 * ``white-box``: also :meth:`ChatModel.token_gradient`, :meth:`ChatModel.embedding_matrix` and
   the module itself.
 
@@ -40,7 +41,7 @@ __all__ = ["ADV", "Chat", "ChatModel", "TargetScores"]
 ADV = "{adv}"
 _ALLOWS = {
     "labels": "generate, render, ids, tokenize, detokenize",
-    "scores": "generate, target_logprobs, render, ids, tokenize, detokenize",
+    "scores": "generate, target_logprobs, text_logprobs, render, ids, tokenize, detokenize",
     "white-box": "everything: also token_gradient, embedding_matrix and the model itself",
 }
 
@@ -336,6 +337,20 @@ class ChatModel:
         with self._account.charge(len(rows)):
             per, greedy = self._scored(rows, tids)
         return TargetScores(per, torch.stack([p.sum() for p in per]), torch.tensor(greedy))
+
+    def text_logprobs(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """log p of each token of each text given the tokens before it, read as the start of a
+        user message (``scores`` access; one query per text): what perplexity filters measure.
+        The first token is scored after the template up to the user's text (the default system
+        prompt and the user turn's header)."""
+        self._account.require("scores", "text_logprobs")
+        if isinstance(texts, str) or not all(isinstance(t, str) and t for t in texts):
+            raise TypeError("text_logprobs(texts): expected a list of non-empty str")
+        head, _ = self._template(Chat(ADV))
+        tids = [self.__tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        with self._account.charge(len(texts)):
+            per, _ = self._scored([head] * len(texts), tids)
+        return per
 
     def token_gradient(self, chats, adv, targets) -> tuple[torch.Tensor, torch.Tensor]:
         """∇ of the mean target cross-entropy with respect to the one-hot tokens of the slot,

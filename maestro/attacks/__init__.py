@@ -30,6 +30,11 @@ _REGISTRY = {
     "roc_auc": "membership",
     "roc_curve": "membership",
     "clean_accuracy_cost": "backdoor",
+    "GCG": "gcg",
+    "UniversalGCG": "gcg",
+    "RandomSearch": "gcg",
+    "PromptInjection": "injection",
+    "Assistant": "injection",
 }
 
 __all__ = ["Attack", "AttackResult", *_REGISTRY]  # noqa: PLE0604 (the registry keys are strings)

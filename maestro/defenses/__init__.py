@@ -1,5 +1,6 @@
 """Defenses: adversarial training, input transformations, randomized smoothing, backdoor
-detection. Names load lazily."""
+detection, and for chat models a perplexity filter, SmoothLLM and fenced untrusted data. Names
+load lazily."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ _REGISTRY = {
     "spectral_signatures": "backdoor_detection",
     "DetectionReport": "backdoor_detection",
     "penultimate_activations": "backdoor_detection",
+    "PerplexityFilter": "llm",
+    "SmoothLLM": "llm",
+    "Delimit": "llm",
+    "Sandwich": "llm",
 }
 
 __all__ = list(_REGISTRY)

@@ -1,5 +1,6 @@
-"""Evaluation: clean and robust accuracy over an attack suite, robustness curves, and sanity
-checks that flag false robustness. ``maestro.evaluate`` is :func:`evaluate`."""
+"""Evaluation: clean and robust accuracy over an attack suite, robustness curves, sanity
+checks that flag false robustness, and for chat models attack success beside what a defense
+costs benign use. ``maestro.evaluate`` is :func:`evaluate`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ _REGISTRY = {
     "plot_robustness_curve": "curves",
     "sanity_checks": "sanity",
     "SanityFlag": "sanity",
+    "target_success": "llm",
+    "benign_cost": "llm",
+    "defense_report": "llm",
+    "DefenseReport": "llm",
 }
 
 __all__ = list(_REGISTRY)
