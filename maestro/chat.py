@@ -96,13 +96,15 @@ class ChatModel:
     """A causal language model (a Hugging Face ``*ForCausalLM`` and its tokenizer) with an
     access level and a query budget; see the module docstring.
 
-    ``batch_size``: sequences per forward pass inside one call (any call size is accepted)."""
+    ``batch_size``: sequences per forward pass inside one call (any call size is accepted).
+    ``prefix_cache``: reuse the keys and values of a prefix shared by a call's rows (the same
+    numbers up to float rounding; off only to measure what it saves)."""
 
     modality = "chat"
 
     def __init__(self, module: torch.nn.Module, tokenizer, *, access: str = "white-box",
                  budget: int | None = None, name: str = "", info: dict | None = None,
-                 batch_size: int = 32, _account: QueryAccount | None = None) -> None:
+                 batch_size: int = 32, prefix_cache: bool = True) -> None:
         if not isinstance(module, torch.nn.Module) or not hasattr(module, "get_input_embeddings"):
             raise TypeError("module: expected a Hugging Face causal language model")
         self.__module = module.eval()
@@ -111,6 +113,7 @@ class ChatModel:
         self.name = name
         self.info = dict(info or {})
         self.batch_size = int(batch_size)
+        self.prefix_cache = bool(prefix_cache)
         self._generated = 0
         self._cache_lock = threading.Lock()
         self._prefix_cache: tuple[tuple[int, ...], object] | None = None
@@ -189,7 +192,8 @@ class ChatModel:
         """A new wrapper over the same model at an equal or lower access level, with fresh
         counters and its own ``budget``."""
         return ChatModel(self.__module, self.__tokenizer, access=self._account.lower(access),
-                         budget=budget, name=self.name, info=self.info, batch_size=self.batch_size)
+                         budget=budget, name=self.name, info=self.info, batch_size=self.batch_size,
+                         prefix_cache=self.prefix_cache)
 
     # -- text and tokens (any access) ------------------------------------------------------
     def tokenize(self, text: str) -> torch.Tensor:
@@ -292,7 +296,8 @@ class ChatModel:
             tchunk = targets[start:start + self.batch_size]
             shared = _common_prefix(chunk)
             shared = shared[:max(0, min(map(len, chunk)) - 1)]
-            cache = self._expanded(self._prefix(shared), len(chunk)) if len(shared) >= 8 else None
+            use = self.prefix_cache and len(shared) >= 8
+            cache = self._expanded(self._prefix(shared), len(chunk)) if use else None
             skip = len(shared) if cache is not None else 0
             seqs = [r[skip:] + t for r, t in zip(chunk, tchunk)]
             width = max(map(len, seqs))
@@ -376,10 +381,14 @@ class ChatModel:
                 head, tail = self._template(chat)
                 tid = torch.tensor(self.__tokenizer.encode(target, add_special_tokens=False),
                                    device=self.device)
-                cache = self._expanded(self._prefix(head), 1)
-                rest = torch.cat([adv_emb, emb(torch.tensor(tail, device=self.device)), emb(tid)])
-                hidden = self._hidden(embeds=rest[None], cache=cache)[0]
-                start = len(adv_ids) + len(tail) - 1
+                parts = [adv_emb, emb(torch.tensor(tail, device=self.device)), emb(tid)]
+                if self.prefix_cache:
+                    cache, skip = self._expanded(self._prefix(head), 1), 0
+                else:
+                    parts.insert(0, emb(torch.tensor(head, device=self.device)))
+                    cache, skip = None, len(head)
+                hidden = self._hidden(embeds=torch.cat(parts)[None], cache=cache)[0]
+                start = skip + len(adv_ids) + len(tail) - 1
                 logits = self.__module.get_output_embeddings()(hidden[start:start + len(tid)])
                 loss = F.cross_entropy(logits.float(), tid)
                 total = total + loss

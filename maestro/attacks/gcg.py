@@ -147,20 +147,28 @@ class GCG(ChatAttack):
         if bool(scores.greedy.all()):
             return adv, losses, 0
         for step in range(1, self.steps + 1):
-            grad, _ = model.token_gradient(chats, adv, targets)
-            grad = grad.cpu().masked_fill(~allowed, float("inf"))
-            top = (-grad).topk(self.top_k, dim=1).indices
-            cand = _swap_candidates(adv, top, self.batch, gen)
-            cand = cand[[i for i in range(len(cand)) if model.clean_tokens(cand[i])]]
-            if len(cand) == 0:
+            found = self.step(model, chats, targets, adv, allowed, gen, n_target)
+            if found is None:
                 continue
-            cand_losses, greedy = self._score(model, chats, targets, cand, n_target)
-            i = int(cand_losses.argmin())
-            adv, best = cand[i], float(cand_losses[i])  # GCG keeps the best candidate, always
+            adv, best, broken = found  # GCG keeps the best candidate, always
             losses.append(best)
-            if bool(greedy[i]):
+            if broken:
                 return adv, losses, step
         return adv, losses, self.steps
+
+    def step(self, model, chats, targets, adv, allowed, gen, n_target):
+        """One GCG step from suffix ``adv``: ``(best candidate, its loss, whether it breaks
+        every chat)``, or None when no candidate reads back as the same tokens."""
+        grad, _ = model.token_gradient(chats, adv, targets)
+        grad = grad.cpu().masked_fill(~allowed, float("inf"))
+        top = (-grad).topk(self.top_k, dim=1).indices
+        cand = _swap_candidates(adv, top, self.batch, gen)
+        cand = cand[[i for i in range(len(cand)) if model.clean_tokens(cand[i])]]
+        if len(cand) == 0:
+            return None
+        cand_losses, greedy = self._score(model, chats, targets, cand, n_target)
+        i = int(cand_losses.argmin())
+        return cand[i], float(cand_losses[i]), bool(greedy[i])
 
     @staticmethod
     def _score(model, chats, targets, cand, n_target):
