@@ -48,6 +48,8 @@ SKIP_CAUSES = (
     ("need PostgreSQL", r"postgres|pg_ctl|initdb",
      "make debs as root, or: sudo apt-get install postgresql"),
     ("need an NVIDIA GPU", r"CUDA|GPU|NVIDIA", "a GPU machine: .ci/gpu-check (README, Development)"),
+    ("need a Python other users can run", r"uid 65534",
+     "a Python and checkout outside a private home (e.g. /usr/bin/python3.11 -m venv)"),
     ("need root", r"cgroup|root|CAP_MKNOD", "run the tests as root"),
     ("need the model zoo", r"zoo|models build|is not built", "make models"),
 )

@@ -123,15 +123,24 @@ def test_a_course_folder_deep_below_the_root_runs(tmp_path, sandbox, monkeypatch
     assert not any(p.exists() for p in made)  # the sockets' folder went with the run
 
 
-def _kernel_that_cannot_start(tmp_path, monkeypatch):
+def _grader_fault(result, detail: str) -> None:
+    """Nothing of the submission ran: the run says it is the grader's failure from how far it
+    got (the runner's stages), not from the error's text."""
+    assert result.status != "ok" and result.stage == "notebook", (result.status, result.stage)
+    assert "kernel did not start" in result.grader_fault, result.grader_fault
+    assert detail in result.grader_fault + result.log_tail, result.grader_fault + result.log_tail
+
+
+def test_a_kernel_that_cannot_start_is_the_graders_fault(tmp_path, sandbox, monkeypatch):
     script = tmp_path / "broken_kernel.py"
     script.write_text("import sys\nprint('this kernel cannot start', file=sys.stderr)\nsys.exit(3)\n")
     monkeypatch.setattr(autograder.sandbox, "_KERNEL", script)
+    _grader_fault(run(tmp_path, SAVE, outputs=["x_adv.npy"], sandbox=sandbox), "cannot start")
 
 
-def _sockets_too_deep(tmp_path, monkeypatch):
-    """What happened to every notebook of a course a few folders deep (the kernel's sockets
-    were under the course folder): only the fallback made them there."""
+def test_kernel_sockets_too_deep_are_the_graders_fault(tmp_path, monkeypatch):
+    """What happened to every notebook of a course a few folders deep when the fallback made
+    the kernel's sockets under the course folder (bubblewrap's are in its own /tmp)."""
     deep = tmp_path / DEEP
 
     def too_deep():
@@ -139,21 +148,7 @@ def _sockets_too_deep(tmp_path, monkeypatch):
         return deep
 
     monkeypatch.setattr(autograder.sandbox, "_short_private_dir", too_deep)
-
-
-@pytest.mark.parametrize("breakage", [_kernel_that_cannot_start, _sockets_too_deep],
-                         ids=["kernel-exits", "socket-path-too-long"])
-def test_a_kernel_that_cannot_start_is_the_graders_fault(tmp_path, sandbox, monkeypatch, breakage):
-    """Nothing of the submission ran: the run says whose failure it is from how far it got
-    (the runner's stages), not from the error's text."""
-    if breakage is _sockets_too_deep and sandbox == "bwrap":
-        pytest.skip("bubblewrap's sockets are in its own /tmp, never under the course folder")
-    breakage(tmp_path, monkeypatch)
-    result = run(tmp_path, SAVE, outputs=["x_adv.npy"], sandbox=sandbox)
-    assert result.status != "ok" and result.stage == "notebook", (result.status, result.stage)
-    assert "kernel did not start" in result.grader_fault, result.grader_fault
-    detail = "cannot start" if breakage is _kernel_that_cannot_start else "too long"
-    assert detail in result.grader_fault + result.log_tail, result.grader_fault + result.log_tail
+    _grader_fault(run(tmp_path, SAVE, outputs=["x_adv.npy"], sandbox="fallback"), "too long")
 
 
 def test_a_file_that_is_not_a_notebook_is_the_submissions_fault(tmp_path, sandbox):
