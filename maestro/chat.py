@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ._account import QueryAccount
 
-__all__ = ["ADV", "Chat", "ChatModel", "TargetScores"]
+__all__ = ["ADV", "Chat", "ChatModel", "ChatText", "TargetScores"]
 
 ADV = "{adv}"
 _ALLOWS = {
@@ -92,7 +92,98 @@ def _as_chats(chats) -> list[Chat]:
     return out
 
 
-class ChatModel:
+class ChatText:
+    """What a chat model does with text alone (any access level): its template with the slot,
+    tokenization, and the checks on suffix tokens. :class:`ChatModel` and the remote client
+    (:class:`maestro.remote.RemoteChatModel`) share it, so both read a chat as the same tokens."""
+
+    modality = "chat"
+
+    def _init_text(self, tokenizer) -> None:
+        self._tok = tokenizer
+        self._pieces: dict[tuple[str | None, str, bool], tuple[list[int], list[int]]] = {}
+        tok = tokenizer
+        self.eos_ids = sorted({i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>"))
+                               if isinstance(i, int) and i >= 0})
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_ids[0]
+        self.special_ids = frozenset(int(i) for i in tok.all_special_ids) | frozenset(
+            int(i) for i in getattr(tok, "added_tokens_decoder", {}))
+
+    @property
+    def tokenizer(self):
+        return self._tok
+
+    # -- text and tokens (any access) ------------------------------------------------------
+    def tokenize(self, text: str) -> torch.Tensor:
+        """The token ids of ``text`` (no special tokens added), a LongTensor."""
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize(text): expected a str, got {type(text).__name__}")
+        return torch.tensor(self._tok.encode(text, add_special_tokens=False), dtype=torch.long)
+
+    def detokenize(self, ids) -> str:
+        return self._tok.decode(torch.as_tensor(ids).flatten().tolist())
+
+    def _template(self, chat: Chat, adv: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids before the slot, and after it up to the assistant's turn; the two pieces
+        are tokenized on their own, and cached per chat."""
+        key = (chat.system, chat.user, adv)
+        if key not in self._pieces:
+            before, after = chat.parts(adv)
+            marker = "\x00MAESTRO-ADV\x00"
+            messages = ([] if chat.system is None else [{"role": "system", "content": chat.system}])
+            messages.append({"role": "user", "content": before + marker + after})
+            text = self._tok.apply_chat_template(messages, tokenize=False,
+                                                        add_generation_prompt=True)
+            head, tail = text.split(marker)
+            enc = self._tok.encode
+            self._pieces[key] = (enc(head, add_special_tokens=False),
+                                 enc(tail, add_special_tokens=False))
+        return self._pieces[key]
+
+    def _adv_ids(self, adv) -> list[int]:
+        if adv is None or adv == "":
+            return []
+        if isinstance(adv, str):
+            return self._tok.encode(adv, add_special_tokens=False)
+        ids = torch.as_tensor(adv).flatten().tolist()
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            raise ValueError(f"adv: token ids must lie in [0, {self.vocab_size - 1}]")
+        return ids
+
+    def ids(self, chat: Chat | str, adv=None) -> torch.Tensor:
+        """The token ids the model reads for ``chat`` with ``adv`` (text or token ids) in its
+        slot, up to the assistant's turn."""
+        (chat,) = _as_chats(chat)
+        adv_ids = self._adv_ids(adv)
+        head, tail = self._template(chat, bool(adv_ids))
+        return torch.tensor(head + adv_ids + tail, dtype=torch.long)
+
+    def render(self, chat: Chat | str, adv=None) -> str:
+        """The text of :meth:`ids` (the chat template filled in)."""
+        return self.detokenize(self.ids(chat, adv))
+
+    def clean_tokens(self, ids) -> bool:
+        """True where ``ids`` hold no special or control token and read back as the same ids
+        (what a suffix handed in as text must satisfy to mean the same tokens)."""
+        ids = torch.as_tensor(ids).flatten().tolist()
+        if any(i in self.special_ids for i in ids):
+            return False
+        return self._tok.encode(self.detokenize(ids), add_special_tokens=False) == ids
+
+    def _broadcast(self, chats, adv) -> tuple[list[Chat], list]:
+        chats = _as_chats(chats)
+        if adv is None or isinstance(adv, str) or (isinstance(adv, torch.Tensor) and adv.dim() == 1):
+            advs = [adv] * len(chats)
+        else:
+            advs = list(adv)
+            if len(chats) == 1 and len(advs) > 1:
+                chats = chats * len(advs)
+        if len(advs) != len(chats):
+            raise ValueError(f"adv: {len(advs)} suffixes for {len(chats)} chats")
+        return chats, advs
+
+
+class ChatModel(ChatText):
     """A causal language model (a Hugging Face ``*ForCausalLM`` and its tokenizer) with an
     access level and a query budget; see the module docstring.
 
@@ -100,15 +191,13 @@ class ChatModel:
     ``prefix_cache``: reuse the keys and values of a prefix shared by a call's rows (the same
     numbers up to float rounding; off only to measure what it saves)."""
 
-    modality = "chat"
-
     def __init__(self, module: torch.nn.Module, tokenizer, *, access: str = "white-box",
                  budget: int | None = None, name: str = "", info: dict | None = None,
                  batch_size: int = 32, prefix_cache: bool = True) -> None:
         if not isinstance(module, torch.nn.Module) or not hasattr(module, "get_input_embeddings"):
             raise TypeError("module: expected a Hugging Face causal language model")
         self.__module = module.eval()
-        self.__tokenizer = tokenizer
+        self._init_text(tokenizer)
         self._account = QueryAccount(access, budget, _ALLOWS)
         self.name = name
         self.info = dict(info or {})
@@ -117,16 +206,9 @@ class ChatModel:
         self._generated = 0
         self._cache_lock = threading.Lock()
         self._prefix_cache: tuple[tuple[int, ...], object] | None = None
-        self._pieces: dict[tuple[str | None, str, bool], tuple[list[int], list[int]]] = {}
         # transformers 5 calls the key/value cache `cache`; 4.x called it `past_key_values`
         params = inspect.signature(module.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        tok = tokenizer
-        self.eos_ids = sorted({i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>"))
-                               if isinstance(i, int) and i >= 0})
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_ids[0]
-        self.special_ids = frozenset(int(i) for i in tok.all_special_ids) | frozenset(
-            int(i) for i in getattr(tok, "added_tokens_decoder", {}))
 
     # -- the contract shared with ModelWrapper -------------------------------------------
     @property
@@ -168,10 +250,6 @@ class ChatModel:
         self._account.require("white-box", "model")
         return self.__module
 
-    @property
-    def tokenizer(self):
-        return self.__tokenizer
-
     def __repr__(self) -> str:
         budget = "unlimited" if self.budget is None else f"{self.remaining}/{self.budget} left"
         return (f"ChatModel({self.name or type(self.__module).__name__}, access={self.access}, "
@@ -191,80 +269,11 @@ class ChatModel:
     def restrict(self, access: str, budget: int | None = None) -> ChatModel:
         """A new wrapper over the same model at an equal or lower access level, with fresh
         counters and its own ``budget``."""
-        return ChatModel(self.__module, self.__tokenizer, access=self._account.lower(access),
+        return ChatModel(self.__module, self._tok, access=self._account.lower(access),
                          budget=budget, name=self.name, info=self.info, batch_size=self.batch_size,
                          prefix_cache=self.prefix_cache)
 
-    # -- text and tokens (any access) ------------------------------------------------------
-    def tokenize(self, text: str) -> torch.Tensor:
-        """The token ids of ``text`` (no special tokens added), a LongTensor."""
-        if not isinstance(text, str):
-            raise TypeError(f"tokenize(text): expected a str, got {type(text).__name__}")
-        return torch.tensor(self.__tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
-
-    def detokenize(self, ids) -> str:
-        return self.__tokenizer.decode(torch.as_tensor(ids).flatten().tolist())
-
-    def _template(self, chat: Chat, adv: bool = True) -> tuple[list[int], list[int]]:
-        """Token ids before the slot, and after it up to the assistant's turn; the two pieces
-        are tokenized on their own, and cached per chat."""
-        key = (chat.system, chat.user, adv)
-        if key not in self._pieces:
-            before, after = chat.parts(adv)
-            marker = "\x00MAESTRO-ADV\x00"
-            messages = ([] if chat.system is None else [{"role": "system", "content": chat.system}])
-            messages.append({"role": "user", "content": before + marker + after})
-            text = self.__tokenizer.apply_chat_template(messages, tokenize=False,
-                                                        add_generation_prompt=True)
-            head, tail = text.split(marker)
-            enc = self.__tokenizer.encode
-            self._pieces[key] = (enc(head, add_special_tokens=False),
-                                 enc(tail, add_special_tokens=False))
-        return self._pieces[key]
-
-    def _adv_ids(self, adv) -> list[int]:
-        if adv is None or adv == "":
-            return []
-        if isinstance(adv, str):
-            return self.__tokenizer.encode(adv, add_special_tokens=False)
-        ids = torch.as_tensor(adv).flatten().tolist()
-        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            raise ValueError(f"adv: token ids must lie in [0, {self.vocab_size - 1}]")
-        return ids
-
-    def ids(self, chat: Chat | str, adv=None) -> torch.Tensor:
-        """The token ids the model reads for ``chat`` with ``adv`` (text or token ids) in its
-        slot, up to the assistant's turn."""
-        (chat,) = _as_chats(chat)
-        adv_ids = self._adv_ids(adv)
-        head, tail = self._template(chat, bool(adv_ids))
-        return torch.tensor(head + adv_ids + tail, dtype=torch.long)
-
-    def render(self, chat: Chat | str, adv=None) -> str:
-        """The text of :meth:`ids` (the chat template filled in)."""
-        return self.detokenize(self.ids(chat, adv))
-
-    def clean_tokens(self, ids) -> bool:
-        """True where ``ids`` hold no special or control token and read back as the same ids
-        (what a suffix handed in as text must satisfy to mean the same tokens)."""
-        ids = torch.as_tensor(ids).flatten().tolist()
-        if any(i in self.special_ids for i in ids):
-            return False
-        return self.__tokenizer.encode(self.detokenize(ids), add_special_tokens=False) == ids
-
     # -- forward passes --------------------------------------------------------------------
-    def _broadcast(self, chats, adv) -> tuple[list[Chat], list]:
-        chats = _as_chats(chats)
-        if adv is None or isinstance(adv, str) or (isinstance(adv, torch.Tensor) and adv.dim() == 1):
-            advs = [adv] * len(chats)
-        else:
-            advs = list(adv)
-            if len(chats) == 1 and len(advs) > 1:
-                chats = chats * len(advs)
-        if len(advs) != len(chats):
-            raise ValueError(f"adv: {len(advs)} suffixes for {len(chats)} chats")
-        return chats, advs
-
     def _prefix(self, head: list[int]):
         """The key/value cache of the shared prefix ``head`` (batch 1), computed once."""
         key = tuple(head)
@@ -338,7 +347,7 @@ class ChatModel:
         if len(targets) != len(chats) or not all(isinstance(t, str) and t for t in targets):
             raise ValueError(f"targets: one non-empty str for each of the {len(chats)} chats")
         rows = [self.ids(c, a).tolist() for c, a in zip(chats, advs)]
-        tids = [self.__tokenizer.encode(t, add_special_tokens=False) for t in targets]
+        tids = [self._tok.encode(t, add_special_tokens=False) for t in targets]
         with self._account.charge(len(rows)):
             per, greedy = self._scored(rows, tids)
         return TargetScores(per, torch.stack([p.sum() for p in per]), torch.tensor(greedy))
@@ -352,7 +361,7 @@ class ChatModel:
         if isinstance(texts, str) or not all(isinstance(t, str) and t for t in texts):
             raise TypeError("text_logprobs(texts): expected a list of non-empty str")
         head, _ = self._template(Chat(ADV))
-        tids = [self.__tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        tids = [self._tok.encode(t, add_special_tokens=False) for t in texts]
         with self._account.charge(len(texts)):
             per, _ = self._scored([head] * len(texts), tids)
         return per
@@ -379,7 +388,7 @@ class ChatModel:
             total = 0.0
             for chat, target in zip(chats, targets):
                 head, tail = self._template(chat)
-                tid = torch.tensor(self.__tokenizer.encode(target, add_special_tokens=False),
+                tid = torch.tensor(self._tok.encode(target, add_special_tokens=False),
                                    device=self.device)
                 parts = [adv_emb, emb(torch.tensor(tail, device=self.device)), emb(tid)]
                 if self.prefix_cache:
@@ -421,7 +430,7 @@ class ChatModel:
             for start in range(0, len(rows), self.batch_size):
                 ids = self._generate_ids(rows[start:start + self.batch_size], max_new_tokens,
                                          sample, temperature, top_p, gen)
-                answers += [self.__tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+                answers += [self._tok.decode(r, skip_special_tokens=True) for r in ids]
         return answers
 
     def _generate_ids(self, rows, max_new, sample, temperature, top_p, gen) -> list[list[int]]:
