@@ -125,9 +125,10 @@ def attack_rows(chat, quick: bool) -> list[dict]:
                  "steps": r.info["steps"][0], "answer": r.info["answers"][0][:60]})
     if not quick:
         start = time.perf_counter()
-        r = GCG(threat, steps=60, top_k=128, batch=64)(chat, [Chat(p) for p in PROMPTS], ["Sure"] * 20)
-        rows.append({"what": "GCG success over 20 prompts, target 'Sure', ≤ 60 steps each",
-                     "seconds": time.perf_counter() - start, "success_rate": r.success_rate})
+        r = GCG(threat, steps=40, top_k=128, batch=32)(chat, [Chat(p) for p in PROMPTS], ["Sure"] * 20)
+        rows.append({"what": "GCG success over 20 prompts, target 'Sure', ≤ 40 steps of 32 candidates each",
+                     "seconds": time.perf_counter() - start, "success_rate": r.success_rate,
+                     "median_steps": float(statistics.median(r.info["steps"]))})
     return rows
 
 

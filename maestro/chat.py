@@ -412,12 +412,14 @@ class ChatModel(ChatText):
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, chats, adv=None, *, max_new_tokens: int = 32, sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 counts: list | None = None) -> list[str]:
         """The assistant's answers (any access level; one query per conversation, the tokens
         produced counted in ``generated_tokens``). Greedy by default; ``sample=True`` draws
         with ``temperature`` and nucleus ``top_p`` from a generator seeded with ``seed`` (the
         same seed, the same answers). Batched with left padding; each answer ends at the
-        end-of-turn token or after ``max_new_tokens``."""
+        end-of-turn token or after ``max_new_tokens``. ``counts``: a list that receives the
+        number of tokens produced for each answer."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")
         if sample and not (temperature > 0 and 0 < top_p <= 1):
@@ -429,11 +431,12 @@ class ChatModel(ChatText):
         with self._account.charge(len(rows)):
             for start in range(0, len(rows), self.batch_size):
                 ids = self._generate_ids(rows[start:start + self.batch_size], max_new_tokens,
-                                         sample, temperature, top_p, gen)
+                                         sample, temperature, top_p, gen, counts)
                 answers += [self._tok.decode(r, skip_special_tokens=True) for r in ids]
         return answers
 
-    def _generate_ids(self, rows, max_new, sample, temperature, top_p, gen) -> list[list[int]]:
+    def _generate_ids(self, rows, max_new, sample, temperature, top_p, gen,
+                      counts=None) -> list[list[int]]:
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -466,6 +469,8 @@ class ChatModel(ChatText):
                 pos = pos[:, -1:] + 1
         with self._account.lock:
             self._generated += sum(len(o) for o in out)
+        if counts is not None:
+            counts.extend(len(o) for o in out)
         return [[t for t in o if t not in self.eos_ids] for o in out]
 
 

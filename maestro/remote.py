@@ -30,11 +30,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .chat import ChatText, TargetScores
 from .errors import AccessDenied, MaestroError, QueryBudgetExceeded
 from .text import TokenBatch
 from .wrapper import _RANK
 
-__all__ = ["RemoteAssignment", "RemoteError", "RemoteModel", "assignment", "connect"]
+__all__ = ["RemoteAssignment", "RemoteChatModel", "RemoteError", "RemoteModel", "assignment",
+           "connect"]
 
 
 class RemoteError(MaestroError):
@@ -613,13 +615,126 @@ def assignment(url: str, token: str, ident: str, *, timeout: float = 60.0, ca: s
     return RemoteAssignment(url, token, ident, timeout=timeout, ca=ca)
 
 
-def connect(url: str, token: str, task: str, *, timeout: float = 60.0, ca: str | None = None) -> RemoteModel:
-    """A :class:`RemoteModel` for ``task`` on the server at ``url``, authenticated by ``token``.
+def connect(url: str, token: str, task: str, *, timeout: float = 60.0, ca: str | None = None):
+    """A :class:`RemoteModel` for ``task`` on the server at ``url``, authenticated by ``token``
+    (a :class:`RemoteChatModel` for a chat task).
 
     ``url``: ``http(s)://host:port`` or ``unix:///absolute/path/to/server.sock`` (a server on a
     UNIX socket, e.g. the grader's oracle bound into a sandbox that has no network).
     ``ca``: for an https server whose certificate the system does not trust (a course's own, as
     ``maestro serve --certfile`` may use), the PEM file of that certificate or of its authority."""
-    return RemoteModel(url, token, task, timeout=timeout, ca=ca)
+    model = RemoteModel(url, token, task, timeout=timeout, ca=ca)
+    return RemoteChatModel(model) if model.modality == "chat" else model
+
+
+class RemoteChatModel(ChatText):
+    """A chat task of a Maestro server, with the methods of :class:`maestro.chat.ChatModel` that
+    its access level allows (``generate``; ``target_logprobs`` from ``scores``), so black-box
+    attacks (``RandomSearch``, ``PromptInjection`` through an ``Assistant``) and the defenses
+    run on it unchanged. The tokenizer and chat template come from the server as data, so the
+    chat is read as the same tokens here and there. A query is one conversation sent forward."""
+
+    def __init__(self, model: RemoteModel) -> None:
+        from .text import tokenizer_from_json
+
+        self._remote = model
+        self._init_text(tokenizer_from_json(model._request("GET", f"/v1/tasks/{model.task}/tokenizer")))
+        self._generated = 0
+
+    # -- the contract shared with ChatModel -------------------------------------------------
+    task = property(lambda self: self._remote.task)
+    name = property(lambda self: self._remote.task)
+    url = property(lambda self: self._remote.url)
+    access = property(lambda self: self._remote.access)
+    budget = property(lambda self: self._remote.budget)
+    remaining = property(lambda self: self._remote.remaining)
+    queries = property(lambda self: self._remote.queries)
+    gradient_queries = property(lambda self: 0)
+    info = property(lambda self: self._remote.info)
+    batch_size = property(lambda self: self._remote.batch_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._remote.info["vocab_size"])
+
+    @property
+    def generated_tokens(self) -> int:
+        return self._generated
+
+    @property
+    def threat(self):
+        """The task's threat model (a suffix of at most eps tokens of this tokenizer)."""
+        from .threat import ThreatModel
+
+        t = self._remote.info["threat"]
+        return ThreatModel(t["norm"], t["eps"], query_budget=t["query_budget"], access=t["access"],
+                           tokenizer=self.tokenizer)
+
+    def __repr__(self) -> str:
+        budget = "unlimited" if self.budget is None else f"{self.remaining}/{self.budget} left"
+        return f"RemoteChatModel({self.task} at {self.url}, access={self.access}, budget={budget})"
+
+    def close(self) -> None:
+        self._remote.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def refresh(self) -> dict:
+        return self._remote.refresh()
+
+    def _post(self, op: str, chats, adv, extra: dict) -> list[dict]:
+        """The answers of ``op`` for every chat, in requests of at most ``batch_size`` chats."""
+        chats, advs = self._broadcast(chats, adv)
+        advs = [a if a is None or isinstance(a, str) else self.detokenize(a) for a in advs]
+        n = len(chats)
+        r = self._remote
+        if r.remaining is not None and n > r.remaining:
+            r._sync_remaining()
+        if r.remaining is not None and n > r.remaining:
+            raise QueryBudgetExceeded(
+                f"this call needs {n} queries but only {r.remaining} of the budget of {r.budget} are "
+                "left; nothing was run")
+        answers = []
+        for start in range(0, n, r.batch_size):
+            part = slice(start, start + r.batch_size)
+            body = {"chats": [{"user": c.user, "system": c.system} for c in chats[part]],
+                    "adv": advs[part]}
+            for key, value in extra.items():
+                body[key] = value[part] if isinstance(value, list) else value
+            ans = r._request("POST", f"/v1/tasks/{r.task}/{op}", json=body)
+            with r._lock:
+                r._queries += ans["queries"]
+                r._remaining = ans["remaining"]
+            answers.append(ans)
+        return answers
+
+    def generate(self, chats, adv=None, *, max_new_tokens: int = 32, sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """The assistant's answers, generated on the server (see ``ChatModel.generate``)."""
+        got = self._post("generate", chats, adv, {
+            "max_new_tokens": max_new_tokens, "sample": sample, "temperature": temperature,
+            "top_p": top_p, "seed": seed})
+        self._generated += sum(a["generated_tokens"] for a in got)
+        return [o for a in got for o in a["outputs"]]
+
+    def target_logprobs(self, chats, targets, adv=None):
+        """Teacher-forced log-probabilities of each target (``scores`` access; see
+        ``ChatModel.target_logprobs``)."""
+        if _RANK[self.access] < _RANK["scores"]:
+            raise AccessDenied(f"target_logprobs() needs 'scores' access, but task {self.task!r} "
+                               f"gives {self.access!r} access, which allows: "
+                               f"{', '.join(self.info.get('allows', []))}")
+        chats, advs = self._broadcast(chats, adv)
+        if isinstance(targets, str):
+            targets = [targets] * len(chats)
+        got = self._post("logprobs", chats, advs, {"targets": list(targets)})
+        per = [torch.tensor(p) for a in got for p in a["per_token"]]
+        total = torch.tensor([t for a in got for t in a["total"]])
+        greedy = torch.tensor([g for a in got for g in a["greedy"]])
+        return TargetScores(per, total, greedy)
 
 

@@ -199,6 +199,12 @@ def tokenizer_to_json(tokenizer) -> dict:
     """A tokenizer as plain JSON data (never code): what a remote client needs to tokenize
     exactly as the served model does. A :class:`WordTokenizer` gives its vocabulary; a fast
     Hugging Face tokenizer its ``tokenizer.json`` and special tokens."""
+    if getattr(tokenizer, "chat_template", None) and getattr(tokenizer, "is_fast", False):
+        # a chat model's Hugging Face tokenizer, with its chat template (also data: Jinja text)
+        return {"kind": "hf-chat", "tokenizer_json": tokenizer.backend_tokenizer.to_str(),
+                "special_tokens": {k: str(v) for k, v in tokenizer.special_tokens_map.items()
+                                   if isinstance(v, str)},
+                "chat_template": tokenizer.chat_template}
     tokenizer = as_tokenizer(tokenizer)
     if isinstance(tokenizer, WordTokenizer):
         return tokenizer.to_json()
@@ -216,11 +222,15 @@ def tokenizer_from_json(data: dict):
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "word":
         return WordTokenizer(data["vocab"], max_length=data.get("max_length", 64))
-    if kind == "hf-fast":
+    if kind in ("hf-fast", "hf-chat"):
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
 
         hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(data["tokenizer_json"]),
                                      **data.get("special_tokens", {}))
+        if kind == "hf-chat":  # a chat model's: the Hugging Face tokenizer itself
+            hf.chat_template = str(data["chat_template"])
+            return hf
         return HFTokenizer(hf, max_length=int(data.get("max_length", 128)))
-    raise ValueError(f"not a tokenizer description (kind {kind!r}; expected 'word' or 'hf-fast')")
+    raise ValueError(f"not a tokenizer description (kind {kind!r}; expected 'word', 'hf-fast' or "
+                     "'hf-chat')")

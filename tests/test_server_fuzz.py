@@ -38,6 +38,8 @@ database = "fuzz.db"
 max_body_bytes = 400_000
 rate_limit = 0
 max_batch = 64
+max_new_tokens = 4
+max_chat_tokens = 256
 
 [tasks.digits-labels]
 model = "cnn-digits"
@@ -65,8 +67,14 @@ dataset = "tweets"
 access = "labels"
 budget = 1_000_000
 threat = { norm = "tokens", eps = 2 }
+
+[tasks.chat]
+model = "smollm2-chat"
+access = "scores"
+budget = 1_000_000
+threat = { norm = "suffix", eps = 8 }
 """
-TASKS = ["digits-labels", "digits-wb", "tweets", "tweets-labels"]
+TASKS = ["digits-labels", "digits-wb", "tweets", "tweets-labels", "chat"]
 
 # every operation the server documents (the test below checks this list against the schema)
 OPERATIONS = [
@@ -85,6 +93,8 @@ OPERATIONS = [
     ("GET", "/v1/usage"),
     ("POST", "/get_batch_output"),
     ("POST", "/get_batch_input_gradient"),
+    ("POST", "/v1/tasks/{task}/generate"),
+    ("POST", "/v1/tasks/{task}/logprobs"),
 ]
 # per operation with a token (a third of it without): schemathesis' own cases (positive and
 # negative) and steered ones; MAESTRO_FUZZ_EXAMPLES=2000 for a deeper run
@@ -101,6 +111,9 @@ REACHED: dict[tuple[str, str], bool] = {}
 
 @pytest.fixture(scope="module")
 def server(course_server):
+    import maestro
+
+    maestro.models.build(["smollm2-chat"], progress=False)  # skipped when built
     url, app, _ = course_server(CONFIG)
     token = app.state.store.create_token("fuzz-student")
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
@@ -161,6 +174,18 @@ def _steer(case, data) -> None:
     if "labels" in case.body:
         labels = st.integers(-1, 11) | st.lists(st.integers(-1, 11), min_size=1, max_size=4)
         case.body["labels"] = data.draw(labels, label="labels")
+    if "chats" in case.body:  # chat requests: a few short conversations, suffixes and targets
+        n = data.draw(st.integers(1, 3), label="n")
+        short = st.text(min_size=1, max_size=30)
+        chats = st.lists(short | st.fixed_dictionaries({"user": short}, optional={"system": short}),
+                         min_size=n, max_size=n)
+        case.body["chats"] = data.draw(chats, label="chats")
+        adv = st.none() | short | st.lists(st.none() | short, min_size=n, max_size=n)
+        case.body["adv"] = data.draw(adv, label="adv")
+        if "targets" in case.body:
+            case.body["targets"] = data.draw(short | st.lists(short, min_size=n, max_size=n), label="targets")
+        if "max_new_tokens" in case.body:
+            case.body["max_new_tokens"] = data.draw(st.integers(1, 4), label="max_new_tokens")
 
 
 def _send(server, case, token: str | None):
@@ -225,7 +250,7 @@ def _marks(op):
     return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
 
 
-@pytest.mark.slow  # all 14 operations: ≈ 15 s on 2 busy cores
+@pytest.mark.slow  # all 19 operations: ≈ 40 s on 2 busy cores
 @pytest.mark.parametrize("method,path", [pytest.param(*op, marks=_marks(op), id=f"{op[0]} {op[1]}") for op in OPERATIONS])
 def test_fuzz_with_a_student_token(server, method, path):
     _fuzz(server, method, path, server["token"])

@@ -22,6 +22,8 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
     GET  /v1/tasks/{task}/tokenizer      the tokenizer as JSON data  (text tasks)
     GET  /v1/tasks/{task}/embedding      embedding matrix V×D        (white-box text)
     POST /v1/tasks/{task}/embedding      input embeddings B×T×D      (white-box text)
+    POST /v1/tasks/{task}/generate       the assistant's answers     (chat tasks, any access)
+    POST /v1/tasks/{task}/logprobs       target log-probabilities    (chat tasks, scores)
     GET  /v1/usage                       usage per student and task  (instructors)
     POST /get_batch_output, /get_batch_input_gradient   the original seed's names (task in the body)
 
@@ -87,6 +89,14 @@ _ALLOWS = {
     "scores": ["predict", "proba", "logits", "tokenize", "detokenize"],
     "white-box": ["predict", "proba", "logits", "gradient", "tokenize", "detokenize", "embedding"],
 }
+#: chat tasks (a query is one conversation sent forward; see maestro.chat)
+_CHAT_ALLOWS = {
+    "labels": ["generate", "tokenizer"],
+    "scores": ["generate", "logprobs", "tokenizer"],
+    "white-box": ["generate", "logprobs", "tokenizer"],
+}
+MAX_NEW_TOKENS = 256  # the most a chat request may ask for ([server] max_new_tokens may lower it)
+MAX_CHAT_CHARS = 16_000  # per message, suffix or target
 Fmt = Literal["json", "npy"]
 
 
@@ -121,6 +131,32 @@ class AliasOutputRequest(ModelRequest):
 
 class AliasGradientRequest(GradientRequest):
     task: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(..., description="the user's message; '{adv}' marks where the suffix goes "
+                      "(default: at its end)")
+    system: str | None = Field(None, description="the system message (default: the model's own)")
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chats: list[ChatMessage | str] = Field(..., description="conversations (a str: the user's message)")
+    adv: list[str | None] | str | None = Field(None, description="adversarial text for each chat's slot "
+                                        "(one for all, or one per chat), within the task's threat model")
+
+
+class GenerateRequest(ChatRequest):
+    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS)
+    sample: bool = Field(False, description="false: greedy; true: sampled with the seed")
+    temperature: float = Field(1.0, gt=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
+class LogprobsRequest(ChatRequest):
+    targets: list[str] | str = Field(..., description="the continuation to score after each chat")
 
 
 class NpyPayload(BaseModel):
@@ -327,7 +363,8 @@ class Served:
     def __init__(self, cfg: TaskConfig, model) -> None:
         self.cfg = cfg
         self.model = model
-        self.threat = cfg.threat_model(model.modality)
+        chat = model.modality == "chat"
+        self.threat = cfg.threat_model(model.modality, model.tokenizer if chat else None)
         if model.modality == "image" and tuple(self.threat.bounds) != tuple(model.input_bounds):
             raise ValueError(
                 f"task {cfg.name!r}: threat bounds {self.threat.bounds} differ from the model's "
@@ -336,6 +373,8 @@ class Served:
 
     @property
     def allows(self) -> list[str]:
+        if self.model.modality == "chat":
+            return list(_CHAT_ALLOWS[self.cfg.access])
         ops = _ALLOWS[self.cfg.access]
         if self.model.modality == "text":
             return list(ops)
@@ -343,6 +382,17 @@ class Served:
 
     def info(self, used: int, budget: int | None) -> dict:
         m = self.model
+        if m.modality == "chat":
+            return {"name": self.cfg.name, "model": self.cfg.model, "dataset": self.cfg.dataset,
+                    "modality": "chat", "access": self.cfg.access, "allows": self.allows,
+                    "threat": {"norm": self.threat.norm, "eps": self.threat.eps,
+                               "query_budget": self.threat.query_budget,
+                               "access": self.threat.access},
+                    "budget": budget, "used": used,
+                    "remaining": None if budget is None else max(0, budget - used),
+                    "max_batch": self.max_batch, "vocab_size": m.vocab_size,
+                    "max_new_tokens": self.max_new_tokens, "max_chat_tokens": self.max_chat_tokens,
+                    "query": "one conversation sent forward (generated tokens are not counted)"}
         out = {
             "name": self.cfg.name,
             "model": self.cfg.model,
@@ -386,6 +436,8 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
             cache[cfg.model] = load(cfg.model, home=config.home)
         served[name] = Served(cfg, cache[cfg.model])
         served[name].max_batch = config.max_batch
+        served[name].max_new_tokens = min(config.max_new_tokens, MAX_NEW_TOKENS)
+        served[name].max_chat_tokens = config.max_chat_tokens
     limiter = RateLimiter(config.rate_limit, config.rate_burst)
 
     subcfg = config.submissions
@@ -469,8 +521,14 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         return task
 
     def require(task: Served, op: str, level: str) -> None:
-        if op in ("tokenize", "detokenize", "embedding") and task.model.modality != "text":
-            raise HTTPException(404, f"{op} is for text tasks; task {task.cfg.name!r} is an image task")
+        modality = task.model.modality
+        if (op in ("generate", "logprobs")) != (modality == "chat"):
+            what = "chat tasks" if op in ("generate", "logprobs") else "classifier tasks"
+            raise HTTPException(404, f"{op} is for {what}; task {task.cfg.name!r} is a {modality} "
+                                "task" + (": use generate or logprobs" if modality == "chat" else ""))
+        if op in ("tokenize", "detokenize", "embedding") and modality != "text":
+            raise HTTPException(404, f"{op} is for text tasks; task {task.cfg.name!r} is "
+                                f"{'an' if modality == 'image' else 'a'} {modality} task")
         if _RANK[task.cfg.access] < _RANK[level]:
             raise HTTPException(
                 403,
@@ -766,7 +824,8 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
              responses=_errors(403, 404))
     def tokenizer(who: Who, task: str = TaskName):
         t = get_task(task)
-        require(t, "tokenize", "labels")
+        if t.model.modality != "chat":
+            require(t, "tokenize", "labels")
         if task not in tokenizer_cache:
             from ..text import tokenizer_to_json
 
@@ -803,6 +862,77 @@ def create_app(config: ServerConfig, *, store: Store | None = None) -> FastAPI:
         x = parse_inputs(t, body.inputs)
         return {"embeddings": arrays.encode(t.model.embeddings(x).cpu().numpy(), format),
                 "attention_mask": arrays.encode(x.attention_mask.cpu().numpy(), format)}
+
+    # -- chat tasks --------------------------------------------------------------------------
+    def chat_inputs(t: Served, body: ChatRequest, extra_tokens: int = 0):
+        """The body's chats and suffixes, checked: batch size, text sizes, the threat model."""
+        from ..chat import Chat
+
+        n = len(body.chats)
+        check_batch(n)
+        advs = body.adv if isinstance(body.adv, list) else [body.adv] * n
+        if len(advs) != n:
+            raise _unprocessable(f"adv: {len(advs)} suffixes for {n} chats (give one, or one per chat)")
+        chats = []
+        for i, c in enumerate(body.chats):
+            user, system = (c, None) if isinstance(c, str) else (c.user, c.system)
+            if len(user) > MAX_CHAT_CHARS or len(system or "") > MAX_CHAT_CHARS:
+                raise HTTPException(413, f"chats[{i}]: at most {MAX_CHAT_CHARS} characters a message")
+            try:
+                chats.append(Chat(user, system=system))
+            except (TypeError, ValueError) as err:
+                raise _unprocessable(f"chats[{i}]: {err}") from None
+        if any(a is not None and len(a) > MAX_CHAT_CHARS for a in advs):
+            raise HTTPException(413, f"adv: at most {MAX_CHAT_CHARS} characters a suffix")
+        for i, (c, a) in enumerate(zip(chats, advs)):
+            n_tokens = len(t.model.ids(c, a or None)) + extra_tokens
+            if n_tokens > t.max_chat_tokens:
+                raise HTTPException(413, f"chats[{i}]: {n_tokens} tokens, at most "
+                                    f"{t.max_chat_tokens} a conversation on this server")
+        given = [i for i, a in enumerate(advs) if a]
+        if given:
+            found = t.threat.violations([None] * len(given), [advs[i] for i in given])
+            if found:
+                raise _unprocessable("adv breaks the task's threat model (" + t.threat.describe() +
+                                     "): " + "; ".join(str(v) for v in found))
+        return chats, [a or None for a in advs]
+
+    def chat_answer(who: Caller, t: Served, n: int, used: int, **out) -> dict:
+        budget = budget_of(who, t)
+        return {"task": t.cfg.name, **out, "queries": n, "used": used, "budget": budget,
+                "remaining": None if budget is None else max(0, budget - used)}
+
+    @app.post("/v1/tasks/{task}/generate", tags=["chat"], summary="the assistant's answers (chat tasks)",
+              responses=_errors(403, 404, 413))
+    def generate(who: Who, body: GenerateRequest, task: str = TaskName) -> dict:
+        t = get_task(task)
+        require(t, "generate", "labels")
+        if body.max_new_tokens > t.max_new_tokens:
+            raise _unprocessable(f"max_new_tokens: at most {t.max_new_tokens} on this server")
+        chats, advs = chat_inputs(t, body)
+        counts: list[int] = []
+        answers, used = run_charged(who, t, len(chats), lambda: t.model.generate(
+            chats, advs, max_new_tokens=body.max_new_tokens, sample=body.sample,
+            temperature=body.temperature, top_p=body.top_p, seed=body.seed, counts=counts))
+        return chat_answer(who, t, len(chats), used, outputs=answers, generated_tokens=sum(counts))
+
+    @app.post("/v1/tasks/{task}/logprobs", tags=["chat"],
+              summary="teacher-forced log-probabilities of targets (chat tasks, scores access)",
+              responses=_errors(403, 404, 413))
+    def logprobs(who: Who, body: LogprobsRequest, task: str = TaskName) -> dict:
+        t = get_task(task)
+        require(t, "logprobs", "scores")
+        n = len(body.chats)
+        targets = [body.targets] * n if isinstance(body.targets, str) else body.targets
+        if len(targets) != n or not all(targets):
+            raise _unprocessable(f"targets: one non-empty str for each of the {n} chats")
+        if any(len(x) > MAX_CHAT_CHARS for x in targets):
+            raise HTTPException(413, f"targets: at most {MAX_CHAT_CHARS} characters a target")
+        longest = max(len(t.model.tokenize(x)) for x in targets)
+        chats, advs = chat_inputs(t, body, extra_tokens=longest)
+        s, used = run_charged(who, t, len(chats), lambda: t.model.target_logprobs(chats, targets, advs))
+        return chat_answer(who, t, len(chats), used, per_token=[p.tolist() for p in s.per_token],
+                           total=s.total.tolist(), greedy=s.greedy.tolist())
 
     @app.get("/v1/usage", tags=["server"], summary="usage per student and task (instructors)",
              responses=_errors(403))

@@ -6,7 +6,9 @@ A course directory holds ``server.toml``::
     database = "maestro-server.db"   # a SQLite file (relative: in the course dir) or any SQLAlchemy URL
     max_body_bytes = 8_000_000                  # larger requests get 413
     rate_limit = 20.0                           # requests per second per token (0: off)
-    max_batch = 1024                            # inputs per request
+    max_batch = 1024                            # inputs per request (chat: conversations)
+    max_new_tokens = 256                        # chat tasks: tokens per generated answer
+    max_chat_tokens = 1024                      # chat tasks: tokens per conversation read
 
     [tasks.digits-scores]
     model = "cnn-digits"                        # maestro.models.load name
@@ -82,20 +84,32 @@ class TaskConfig:
             if unknown:
                 raise ValueError(f"task {self.name!r}: unknown threat keys {sorted(unknown)}; use {sorted(_THREAT_KEYS)}")
             try:
-                self.threat_model()  # validate now, not at the first request
+                if self.threat.get("norm") == "suffix":  # its tokenizer comes with the model
+                    eps = self.threat.get("eps")
+                    if isinstance(eps, bool) or not isinstance(eps, int) or eps < 1:
+                        raise TypeError(f"a suffix threat needs eps = the most suffix tokens (an "
+                                        f"int ≥ 1), got {eps!r}")
+                else:
+                    self.threat_model()  # validate now, not at the first request
             except TypeError as err:
                 raise ValueError(f"task {self.name!r}: {err}") from None
 
-    def threat_model(self, modality: str | None = None) -> ThreatModel:
-        """The task's ThreatModel (``modality`` picks the default when none is configured)."""
-        kw = dict(self.threat or ({"norm": "tokens", "eps": 1} if modality == "text" else {"norm": "linf", "eps": 0.1}))
+    def threat_model(self, modality: str | None = None, tokenizer=None) -> ThreatModel:
+        """The task's ThreatModel (``modality`` picks the default when none is configured:
+        linf 0.1 for images, 1 token for text, a 20-token suffix for chat models, whose
+        ``tokenizer`` it then needs)."""
+        default = {"text": {"norm": "tokens", "eps": 1}, "chat": {"norm": "suffix", "eps": 20}}
+        kw = dict(self.threat or default.get(modality, {"norm": "linf", "eps": 0.1}))
         if "bounds" in kw:
             kw["bounds"] = tuple(kw["bounds"])
-        tm = ThreatModel(access=self.access, **kw)
-        if modality is not None and (modality == "text") != tm.is_text:
-            want = "'tokens'" if modality == "text" else "'linf', 'l2' or 'l0'"
-            raise ValueError(f"task {self.name!r}: a {modality} model needs threat norm {want}, got {tm.norm!r}")
-        return tm
+        if kw.get("norm") == "suffix":
+            kw["tokenizer"] = tokenizer
+        norms = {"text": ("tokens",), "chat": ("suffix",)}.get(modality, ("linf", "l2", "l0"))
+        if modality is not None and kw.get("norm") not in norms:
+            want = " or ".join(f"'{n}'" for n in norms)
+            raise ValueError(f"task {self.name!r}: a {modality} model needs threat norm {want}, "
+                             f"got {kw.get('norm')!r}")
+        return ThreatModel(access=self.access, **kw)
 
 
 @dataclass
@@ -172,6 +186,8 @@ class ServerConfig:
     rate_limit: float = 20.0
     rate_burst: int | None = None
     max_batch: int = 1024
+    max_new_tokens: int = 256
+    max_chat_tokens: int = 1024
     home: str | None = None  # $MAESTRO_HOME for the models
     submissions: SubmissionsConfig | None = None
 
@@ -180,7 +196,7 @@ class ServerConfig:
         if not self.tasks and self.submissions is None:
             raise ValueError("the server config lists no tasks and no [submissions]: add a [tasks.NAME] "
                              "table or a [submissions] table")
-        for key in ("max_body_bytes", "max_batch"):
+        for key in ("max_body_bytes", "max_batch", "max_new_tokens", "max_chat_tokens"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key} must be a positive int, got {v!r}")
@@ -228,7 +244,8 @@ class ServerConfig:
             if "model" not in spec:
                 raise ValueError(f"[tasks.{name}]: 'model' is required")
             tasks[name] = TaskConfig(name=name, **spec)
-        allowed = {"database", "max_body_bytes", "rate_limit", "rate_burst", "max_batch", "home"}
+        allowed = {"database", "max_body_bytes", "rate_limit", "rate_burst", "max_batch",
+                   "max_new_tokens", "max_chat_tokens", "home"}
         extra = set(server) - allowed
         if extra:
             raise ValueError(f"[server]: unknown keys {sorted(extra)}; use {sorted(allowed)}")
