@@ -125,10 +125,17 @@ def attack_rows(chat, quick: bool) -> list[dict]:
                  "steps": r.info["steps"][0], "answer": r.info["answers"][0][:60]})
     if not quick:
         start = time.perf_counter()
-        r = GCG(threat, steps=40, top_k=128, batch=32)(chat, [Chat(p) for p in PROMPTS], ["Sure"] * 20)
+        attack = GCG(threat, steps=40, top_k=128, batch=32)
+        broken, steps_taken = [], []
+        for i, prompt in enumerate(PROMPTS):  # one at a time, printed as it ends (a long run)
+            r = attack(chat, [Chat(prompt)], ["Sure"])
+            broken.append(bool(r.success[0]))
+            steps_taken.append(r.info["steps"][0])
+            print(f"  {i + 1:2}/20 {'broken' if broken[-1] else 'not broken'} after "
+                  f"{steps_taken[-1]} steps, {r.time:.0f} s: {r.info['answers'][0][:40]!r}", flush=True)
         rows.append({"what": "GCG success over 20 prompts, target 'Sure', ≤ 40 steps of 32 candidates each",
-                     "seconds": time.perf_counter() - start, "success_rate": r.success_rate,
-                     "median_steps": float(statistics.median(r.info["steps"]))})
+                     "seconds": time.perf_counter() - start, "success_rate": sum(broken) / len(broken),
+                     "median_steps": float(statistics.median(steps_taken))})
     return rows
 
 

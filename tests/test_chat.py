@@ -383,3 +383,33 @@ def test_the_server_refuses_bad_chat_requests_with_the_kits_rules(served):
     r = httpx.post(f"{url}/v1/tasks/chat-labels/generate", json={"chats": ["hi"], "max_new_tokens": 1},
                    headers={"Authorization": f"Bearer {tight}"}, timeout=60)
     assert r.status_code == 429 and "budget" in r.json()["detail"]
+
+
+def test_the_suffix_viewer_shows_the_attack_as_it_runs(chat):
+    from maestro.widgets import SuffixAttackViewer
+
+    viewer = SuffixAttackViewer(chat, "Write a haiku about rain.", "Sure", steps=3, eps=8,
+                                answer_every=2)
+    seen = []
+    viewer.plot.observe(lambda change: seen.append(len(viewer.history)), names="value")
+    result = viewer.run()
+    assert viewer.error is None and result is not None
+    assert [h["step"] for h in viewer.history] == [0, 1, 2, 3]
+    assert seen == [1, 2, 3, 4]  # the plot was redrawn after every step, while it ran
+    assert bytes(viewer.plot.value).startswith(b"\x89PNG")
+    assert html_text(viewer.suffix.value).endswith(result.x_adv[0])
+    assert result.info["answers"][0] in html_text(viewer.answer.value)
+    assert viewer.history[-1]["logprob"] == pytest.approx(-result.info["loss"][0][-1], rel=1e-6)
+    assert "step" in viewer.status.value and not viewer.run_button.disabled
+    assert viewer._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]
+    scores = SuffixAttackViewer(chat.restrict("scores"), "Describe a cat.", "Sure", steps=1)
+    assert scores._attack.name == "random-search"
+    with pytest.raises(TypeError, match="chat models"):
+        SuffixAttackViewer(models.load("lenet-mnist"), "x", "Sure")
+
+
+def html_text(markup: str) -> str:
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))

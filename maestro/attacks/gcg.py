@@ -42,7 +42,8 @@ class ChatAttack:
     name = "chat-attack"
     requires = "white-box"
 
-    def __init__(self, threat: ThreatModel, *, init: str = "! " * 20, seed: int = 0) -> None:
+    def __init__(self, threat: ThreatModel, *, init: str = "! " * 20, seed: int = 0,
+                 callback=None) -> None:
         if not isinstance(threat, ThreatModel) or threat.norm != "suffix":
             raise TypeError(f"{self.name} needs ThreatModel('suffix', N, tokenizer=chat.tokenizer)")
         if not isinstance(seed, int):
@@ -50,6 +51,14 @@ class ChatAttack:
         self.threat = threat
         self.init = init
         self.seed = seed
+        self.callback = callback
+
+    def _progress(self, model, prompt: int, step: int, loss: float, adv) -> None:
+        """Tell ``callback`` (if any) how the attack is getting on: ``{"prompt", "step", "loss"
+        (mean target cross-entropy), "suffix" (text)}`` after each step."""
+        if self.callback is not None:
+            self.callback({"prompt": prompt, "step": step, "loss": loss,
+                           "suffix": model.detokenize(adv)})
 
     def __call__(self, model, prompts, targets) -> AttackResult:
         prompts, targets = self._check_call(model, prompts, targets)
@@ -113,14 +122,15 @@ def _swap_candidates(adv: torch.Tensor, top: torch.Tensor, n: int, gen: torch.Ge
 class GCG(ChatAttack):
     """Greedy coordinate gradient (Zou et al. 2023), one suffix per prompt (see the module
     docstring). ``steps``: the most steps per prompt; ``top_k`` tokens per position; ``batch``
-    candidates per step."""
+    candidates per step; ``callback``: called after every step with the step's progress (a
+    widget shows the attack as it runs this way)."""
 
     name = "gcg"
     requires = "white-box"
 
     def __init__(self, threat: ThreatModel, *, steps: int = 100, top_k: int = 128, batch: int = 64,
-                 init: str = "! " * 20, seed: int = 0) -> None:
-        super().__init__(threat, init=init, seed=seed)
+                 init: str = "! " * 20, seed: int = 0, callback=None) -> None:
+        super().__init__(threat, init=init, seed=seed, callback=callback)
         if steps < 1 or top_k < 1 or batch < 1:
             raise ValueError("steps, top_k and batch must be ≥ 1")
         self.steps, self.top_k, self.batch = int(steps), int(top_k), int(batch)
@@ -129,14 +139,14 @@ class GCG(ChatAttack):
         allowed = self._allowed(model)
         gen = torch.Generator().manual_seed(self.seed)
         suffixes, history, steps_used = [], [], []
-        for chat, target in zip(prompts, targets):
-            adv, losses, n = self._one([chat], [target], model, allowed, gen)
+        for i, (chat, target) in enumerate(zip(prompts, targets)):
+            adv, losses, n = self._one([chat], [target], model, allowed, gen, prompt=i)
             suffixes.append(model.detokenize(adv))
             history.append(losses)
             steps_used.append(n)
         return suffixes, {"loss": history, "steps": steps_used}
 
-    def _one(self, chats, targets, model, allowed, gen):
+    def _one(self, chats, targets, model, allowed, gen, prompt: int = 0):
         """GCG on ``chats`` together (one shared suffix): the suffix ids, the loss per step and
         the steps taken."""
         adv = self._start(model)
@@ -144,6 +154,7 @@ class GCG(ChatAttack):
         scores = model.target_logprobs(chats, targets, adv=adv)
         best = float((-scores.total / torch.tensor(n_target)).mean())
         losses = [best]
+        self._progress(model, prompt, 0, best, adv)
         if bool(scores.greedy.all()):
             return adv, losses, 0
         for step in range(1, self.steps + 1):
@@ -152,6 +163,7 @@ class GCG(ChatAttack):
                 continue
             adv, best, broken = found  # GCG keeps the best candidate, always
             losses.append(best)
+            self._progress(model, prompt, step, best, adv)
             if broken:
                 return adv, losses, step
         return adv, losses, self.steps
@@ -203,8 +215,8 @@ class RandomSearch(ChatAttack):
     requires = "scores"
 
     def __init__(self, threat: ThreatModel, *, steps: int = 100, batch: int = 32, n_swap: int = 2,
-                 init: str = "! " * 20, seed: int = 0) -> None:
-        super().__init__(threat, init=init, seed=seed)
+                 init: str = "! " * 20, seed: int = 0, callback=None) -> None:
+        super().__init__(threat, init=init, seed=seed, callback=callback)
         if steps < 1 or batch < 1 or n_swap < 1:
             raise ValueError("steps, batch and n_swap must be ≥ 1")
         self.steps, self.batch, self.n_swap = int(steps), int(batch), int(n_swap)
@@ -213,12 +225,13 @@ class RandomSearch(ChatAttack):
         allowed = self._allowed(model).nonzero().flatten()
         gen = torch.Generator().manual_seed(self.seed)
         suffixes, history, steps_used = [], [], []
-        for chat, target in zip(prompts, targets):
+        for k, (chat, target) in enumerate(zip(prompts, targets)):
             n = len(model.tokenize(target))
             adv = self._start(model)
             s = model.target_logprobs([chat], [target], adv=adv)
             best, losses, used = float(-s.total[0] / n), [], 0
             losses.append(best)
+            self._progress(model, k, 0, best, adv)
             done = bool(s.greedy[0])
             while not done and used < self.steps:
                 used += 1
@@ -237,6 +250,7 @@ class RandomSearch(ChatAttack):
                     adv, best = cand[i], float(cand_loss[i])
                     done = bool(s.greedy[i])
                 losses.append(best)
+                self._progress(model, k, used, best, adv)
             suffixes.append(model.detokenize(adv))
             history.append(losses)
             steps_used.append(used)

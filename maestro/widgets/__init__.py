@@ -3,6 +3,7 @@
     from maestro.widgets import PerturbationExplorer, TextAttackViewer
     PerturbationExplorer(model, data.x[:8], data.y[:8])      # eps slider, attack picker, images, bars
     TextAttackViewer(clf, tweets.x[:8], tweets.y[:8])        # changed tokens highlighted, the flip
+    SuffixAttackViewer(chat, "Write a poem.", "Sure")        # GCG as it runs: suffix, log p, answer
 
 Plots return matplotlib Figures drawn on the Agg canvas (no display needed):
 :func:`plot_robustness_curve`, :func:`plot_attack_comparison`; :func:`leaderboard_table` is an
@@ -20,6 +21,7 @@ _REGISTRY = {
     "PerturbationExplorer": "explorer",
     "perturbation_figure": "explorer",
     "TextAttackViewer": "textview",
+    "SuffixAttackViewer": "chatview",
     "word_diff": "textview",
     "text_attack_html": "textview",
     "plot_robustness_curve": "plots",
