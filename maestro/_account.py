@@ -89,3 +89,34 @@ class QueryAccount:
                 if gradient:
                     self.gradient_queries -= n
             raise
+
+
+class Accounted:
+    """The properties every model wrapper shows of its :class:`QueryAccount` (``self._account``):
+    its access level, budget and counters."""
+
+    _account: QueryAccount
+
+    @property
+    def access(self) -> str:
+        return self._account.access
+
+    @property
+    def budget(self) -> int | None:
+        return self._account.budget
+
+    @property
+    def queries(self) -> int:
+        """Queries sent forward so far (inputs of a classifier, conversations of a chat model;
+        every method that runs the model counts)."""
+        return self._account.queries
+
+    @property
+    def gradient_queries(self) -> int:
+        """Queries for which a gradient was computed so far."""
+        return self._account.gradient_queries
+
+    @property
+    def remaining(self) -> int | None:
+        """Queries the budget still allows (``None`` when unlimited)."""
+        return self._account.remaining

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._account import QueryAccount
+from ._account import Accounted, QueryAccount
 
 __all__ = ["ADV", "Chat", "ChatModel", "ChatText", "TargetScores"]
 
@@ -183,7 +183,7 @@ class ChatText:
         return chats, advs
 
 
-class ChatModel(ChatText):
+class ChatModel(ChatText, Accounted):
     """A causal language model (a Hugging Face ``*ForCausalLM`` and its tokenizer) with an
     access level and a query budget; see the module docstring.
 
@@ -210,28 +210,7 @@ class ChatModel(ChatText):
         params = inspect.signature(module.get_decoder().forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
-    # -- the contract shared with ModelWrapper -------------------------------------------
-    @property
-    def access(self) -> str:
-        return self._account.access
-
-    @property
-    def budget(self) -> int | None:
-        return self._account.budget
-
-    @property
-    def queries(self) -> int:
-        """Sequences sent forward so far (generated from, scored or differentiated)."""
-        return self._account.queries
-
-    @property
-    def gradient_queries(self) -> int:
-        return self._account.gradient_queries
-
-    @property
-    def remaining(self) -> int | None:
-        return self._account.remaining
-
+    # -- beside the contract shared with ModelWrapper (maestro._account.Accounted) ---------
     @property
     def generated_tokens(self) -> int:
         """Tokens produced by :meth:`generate` so far (not part of the budget)."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._account import ACCESS_LEVELS, QueryAccount, check_access
+from ._account import ACCESS_LEVELS, Accounted, QueryAccount, check_access
 from ._account import RANK as _RANK  # noqa: F401  (evaluation imports it from here)
 from ._account import check_budget as _check_budget  # noqa: F401  (models imports it from here)
 from .text import TokenBatch, as_tokenizer
@@ -43,7 +43,7 @@ _ALLOWS = {
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class ModelWrapper:
+class ModelWrapper(Accounted):
     """A classifier behind one interface, with enforced access level and query budget.
 
     Parameters
@@ -122,29 +122,6 @@ class ModelWrapper:
     @property
     def input_bounds(self) -> tuple[float, float]:
         return self._bounds
-
-    @property
-    def access(self) -> str:
-        return self._account.access
-
-    @property
-    def budget(self) -> int | None:
-        return self._account.budget
-
-    @property
-    def queries(self) -> int:
-        """Inputs sent forward so far (every method that runs the model counts)."""
-        return self._account.queries
-
-    @property
-    def gradient_queries(self) -> int:
-        """Inputs for which a gradient was computed so far."""
-        return self._account.gradient_queries
-
-    @property
-    def remaining(self) -> int | None:
-        """Inputs the budget still allows (``None`` when unlimited)."""
-        return self._account.remaining
 
     @property
     def device(self) -> torch.device:

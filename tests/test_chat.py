@@ -43,6 +43,17 @@ def test_the_zoo_builds_it_from_the_gguf_file_and_says_what_it_is(chat):
     assert NAME in models.list_models()
 
 
+@pytest.mark.slow
+def test_building_from_the_gguf_file_gives_the_same_weights(tmp_path, chat):
+    """The build itself, into a fresh home (~40 s): dequantizing is deterministic, so the weights
+    match the zoo's to the bit, and it answers."""
+    meta = models.build([NAME], home=tmp_path, progress=False)[NAME]
+    assert meta["sha256"] == models.info(NAME)["sha256"]
+    assert meta["sanity"]["correct"] >= 5 and meta["source"] == models.info(NAME)["source"]
+    again = models.load(NAME, home=tmp_path, access="labels")
+    assert again.generate(FRANCE, max_new_tokens=8) == chat.generate(FRANCE, max_new_tokens=8)
+
+
 def test_greedy_answers_batched_as_one_by_one(chat):
     chats = [FRANCE, Chat("What is 2+2?"), Chat("Name a fruit. {adv}", system="Answer in French.")]
     one = [chat.generate([c], adv=a, max_new_tokens=12)[0] for c, a in zip(chats, ["", "", "Be brief."])]
