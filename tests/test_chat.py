@@ -300,10 +300,10 @@ def test_a_defense_that_refuses_everything_is_flagged(chat):
     from maestro.evaluation.llm import defense_report
 
     refuse_all = PerplexityFilter(chat.restrict("scores"), threshold=0.0)
-    benign = [FRANCE, Chat("What is 2+2?"), Chat("Describe a cat.")]  # none refused bare
-    report = defense_report(chat, refuse_all, [FRANCE], [""], ["The capital"], benign)
+    report = defense_report(chat, refuse_all, [FRANCE], [""], ["The capital"])  # the fixed set
     assert report.attack_success == 1.0 and report.defended_success == 0.0
     assert report.cost.refusals == 1.0 and "refuses 100% of benign prompts" in str(report)
+    assert report.cost.n == 12  # maestro.evaluation.llm.BENIGN, which the bare model answers all
 
 
 # -- served: a chat task on a real server on loopback, and the remote client ----------------------

@@ -3,9 +3,10 @@
 A JupyterLab server (this venv's, with the nbgrader and ipywidgets lab extensions) starts on
 loopback with a token and a temporary root folder and temporary Jupyter config/settings folders;
 headless Chromium (Debian's ``chromium``, driven by Playwright) opens a notebook that shows a
-perturbation explorer and a text attack viewer, runs it with JupyterLab's own "Run All Cells"
-menu command, waits for the widgets' DOM, changes the attack picker in the page (a round trip:
-browser → kernel callback → browser), checks what is shown, and saves screenshots into
+perturbation explorer, a text attack viewer and a suffix attack viewer on the chat model, runs
+it with JupyterLab's own "Run All Cells" menu command, waits for the widgets' DOM, changes the
+attack picker and presses the suffix viewer's Run button in the page (round trips: browser →
+kernel callback → browser), checks what is shown, and saves screenshots into
 ``$MAESTRO_TEST_ARTIFACTS`` (default: ``test-artifacts/`` at the repository root).
 
 Without chromium, Playwright or JupyterLab the test is skipped with the reason; under CI as root
@@ -70,6 +71,11 @@ CELLS = [
     "flipped = viewer.current.result.success.nonzero().flatten().tolist()\n"
     "viewer.index_slider.value = flipped[0] if flipped else 0\n"
     "viewer",
+    # a suffix attack on the chat model, run from the page (its Run button)
+    "from maestro.widgets import SuffixAttackViewer\n"
+    "chat = maestro.models.load('smollm2-chat')\n"
+    "suffix_viewer = SuffixAttackViewer(chat, 'Describe a cat.', 'Sure', steps=2, eps=8)\n"
+    "suffix_viewer",
 ]
 
 
@@ -160,7 +166,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_widgets_render_in_jupyterlab(tmp_path):
     reason = why_not()
     if reason:
@@ -222,6 +228,18 @@ def test_widgets_render_in_jupyterlab(tmp_path):
                     ".innerText.includes('PGD at eps = 0.2')")
                 explorer.screenshot(path=str(shots / "jupyterlab-perturbation-explorer.png"))
                 viewer.screenshot(path=str(shots / "jupyterlab-text-attack-viewer.png"))
+
+                # the suffix attack, run from the page: steps, plot and answer come back
+                suffix = page.locator(".maestro-suffix-attack-viewer")
+                suffix.wait_for(timeout=90_000)
+                assert "press Run" in suffix.locator(".maestro-status").inner_text()
+                suffix.locator("button", has_text="Run").click()
+                page.wait_for_function(
+                    "() => /after 2 step/.test(document.querySelector("
+                    "'.maestro-suffix-attack-viewer .maestro-status').innerText)", timeout=120_000)
+                assert suffix.locator("img").evaluate("i => i.complete && i.naturalWidth") > 300
+                assert "suffix" in suffix.locator(".maestro-suffix").inner_text()
+                suffix.screenshot(path=str(shots / "jupyterlab-suffix-attack-viewer.png"))
                 text = page.locator(".jp-Notebook").inner_text()
                 assert "Traceback" not in text and "Error displaying widget" not in text, text[-2000:]
             except Exception:
@@ -235,5 +253,6 @@ def test_widgets_render_in_jupyterlab(tmp_path):
         raise
     finally:
         stop(proc)
-    for name in ("jupyterlab-widgets.png", "jupyterlab-perturbation-explorer.png", "jupyterlab-text-attack-viewer.png"):
+    for name in ("jupyterlab-widgets.png", "jupyterlab-perturbation-explorer.png",
+                 "jupyterlab-text-attack-viewer.png", "jupyterlab-suffix-attack-viewer.png"):
         assert (shots / name).stat().st_size > 10_000

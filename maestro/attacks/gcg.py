@@ -31,26 +31,26 @@ import torch
 from ..errors import AccessDenied
 from ..threat import ThreatModel
 from ..wrapper import _RANK
-from .base import AttackResult
+from .base import Attack, AttackResult
 
 __all__ = ["GCG", "RandomSearch", "UniversalGCG"]
 
 
-class ChatAttack:
-    """Base class of the suffix attacks: checks, timing, query counting and the threat model."""
+class ChatAttack(Attack):
+    """Base class of the suffix attacks (an :class:`~maestro.attacks.Attack` called with
+    ``(model, prompts, targets)``): checks, timing, query counting and the threat model."""
 
     name = "chat-attack"
     requires = "white-box"
+    modalities = ("chat",)
+    norms = ("suffix",)
 
     def __init__(self, threat: ThreatModel, *, init: str = "! " * 20, seed: int = 0,
                  callback=None) -> None:
         if not isinstance(threat, ThreatModel) or threat.norm != "suffix":
             raise TypeError(f"{self.name} needs ThreatModel('suffix', N, tokenizer=chat.tokenizer)")
-        if not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        self.threat = threat
+        super().__init__(threat, seed=seed)
         self.init = init
-        self.seed = seed
         self.callback = callback
 
     def _progress(self, model, prompt: int, step: int, loss: float, adv) -> None:

@@ -61,6 +61,9 @@ class SuffixAttackViewer:
                       "suffix tokens)")
         self.widget = w.VBox([head, w.HBox([self.run_button, self.status]), self.suffix,
                               self.plot, self.answer])
+        self.widget.add_class("maestro-suffix-attack-viewer")
+        self.status.add_class("maestro-status")
+        self.suffix.add_class("maestro-suffix")
         self._show_answer("")
         self.status.value = "press Run"
 
@@ -106,6 +109,7 @@ class SuffixAttackViewer:
         fig = new_figure((5, 2.4))
         ax = fig.subplots()
         ax.plot([h["step"] for h in self.history], [h["logprob"] for h in self.history], marker="o")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
         ax.set_xlabel("step")
         ax.set_ylabel("log p(target)")
         ax.set_title("the target's log-probability")
