@@ -31,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def metas():
-    return models.build(progress=False)  # fast when already built
+    # the classifiers (the chat model's metadata is checked in tests/test_chat.py)
+    return models.build(IMAGE_MODELS + TEXT_MODELS, progress=False)  # fast when already built
 
 
 @pytest.fixture(scope="module")
