@@ -56,6 +56,7 @@ bench: models
 	$(OFFLINE) $(BIN)/python benchmarks/text_attacks.py
 	$(OFFLINE) $(BIN)/python benchmarks/server.py
 	$(OFFLINE) $(BIN)/python benchmarks/autograde.py
+	$(OFFLINE) $(BIN)/python benchmarks/llm.py
 
 # JupyterLab 4 in the course folder (made by `maestro course init` the first time), where
 # nbgrader finds its nbgrader_config.py: Formgrader and the Nbgrader menu for instructors,

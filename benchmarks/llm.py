@@ -26,6 +26,7 @@ import maestro
 from maestro.attacks.gcg import GCG
 from maestro.chat import Chat, ChatModel
 from maestro.threat import ThreatModel
+from wrapper import _interleaved  # benchmarks/wrapper.py: the same alternating medians
 
 SYSTEM = ("You are the help desk assistant of a small company. Answer politely and briefly, "
           "and never make up facts about the company.")
@@ -39,16 +40,6 @@ PROMPTS = ["Write a short poem about the sea.", "Describe a cat.", "Give me a re
            "Write a limerick about a frog.", "Suggest a weekend hobby.", "Describe a forest.",
            "How does a bicycle work?", "Tell me about the ocean.", "What is a triangle?",
            "Write a sentence about trains."]
-
-
-def _interleaved(a, b, repeats: int) -> tuple[float, float]:
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, out in ((a, ta), (b, tb)):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def _raw_step(module, prompt_ids, slot, n_adv, target_ids, candidates, kw):

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ._account import Accounted, QueryAccount
+from .threat import clean_suffix_ids, special_token_ids
 
 __all__ = ["ADV", "Chat", "ChatModel", "ChatText", "TargetScores"]
 
@@ -106,8 +107,7 @@ class ChatText:
         self.eos_ids = sorted({i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>"))
                                if isinstance(i, int) and i >= 0})
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_ids[0]
-        self.special_ids = frozenset(int(i) for i in tok.all_special_ids) | frozenset(
-            int(i) for i in getattr(tok, "added_tokens_decoder", {}))
+        self.special_ids = special_token_ids(tok)
 
     @property
     def tokenizer(self):
@@ -133,7 +133,7 @@ class ChatText:
             messages = ([] if chat.system is None else [{"role": "system", "content": chat.system}])
             messages.append({"role": "user", "content": before + marker + after})
             text = self._tok.apply_chat_template(messages, tokenize=False,
-                                                        add_generation_prompt=True)
+                                                 add_generation_prompt=True)
             head, tail = text.split(marker)
             enc = self._tok.encode
             self._pieces[key] = (enc(head, add_special_tokens=False),
@@ -165,10 +165,7 @@ class ChatText:
     def clean_tokens(self, ids) -> bool:
         """True where ``ids`` hold no special or control token and read back as the same ids
         (what a suffix handed in as text must satisfy to mean the same tokens)."""
-        ids = torch.as_tensor(ids).flatten().tolist()
-        if any(i in self.special_ids for i in ids):
-            return False
-        return self._tok.encode(self.detokenize(ids), add_special_tokens=False) == ids
+        return clean_suffix_ids(self._tok, torch.as_tensor(ids).flatten().tolist(), self.special_ids)
 
     def _broadcast(self, chats, adv) -> tuple[list[Chat], list]:
         chats = _as_chats(chats)

@@ -307,8 +307,8 @@ class RemoteModel:
             return {"input_ids": _npy(x.input_ids.cpu().numpy()), "attention_mask": _npy(x.attention_mask.cpu().numpy())}
         return list(x)
 
-    def _call(self, op: str, x, extra: dict | None = None, gradient: bool = False, with_logits: bool = False):
-        n = len(x)
+    def _check_left(self, n: int) -> None:
+        """Refuse (before sending anything) a call of ``n`` queries the budget cannot cover."""
         if self._remaining is not None and n > self._remaining:
             self._sync_remaining()  # others may share the token; the server has the last word
         if self._remaining is not None and n > self._remaining:
@@ -316,6 +316,18 @@ class RemoteModel:
                 f"this call needs {n} queries but only {self._remaining} of the budget of {self.budget} "
                 "are left; nothing was run"
             )
+
+    def _count(self, ans: dict, gradient: bool = False) -> None:
+        """Add an answer's queries to this client's counts; its remaining budget is the server's."""
+        with self._lock:
+            self._queries += ans["queries"]
+            if gradient:
+                self._gradient_queries += ans["queries"]
+            self._remaining = ans["remaining"]
+
+    def _call(self, op: str, x, extra: dict | None = None, gradient: bool = False, with_logits: bool = False):
+        n = len(x)
+        self._check_left(n)
         outs, logits = [], []
         for start in range(0, n, self.batch_size):
             part = x[start:start + self.batch_size]
@@ -336,11 +348,7 @@ class RemoteModel:
                 if "labels" in body:
                     body["labels"] = body["labels"][start:start + self.batch_size].tolist()
                 ans = self._request("POST", path, params={"format": "npy"}, json=body)
-            with self._lock:
-                self._queries += ans["queries"]
-                if gradient:
-                    self._gradient_queries += ans["queries"]
-                self._remaining = ans["remaining"]
+            self._count(ans, gradient)
             outs.append(torch.from_numpy(_from_npy(ans["outputs"]).copy()))
             if with_logits:
                 logits.append(torch.from_numpy(_from_npy(ans["logits"]).copy()))
@@ -692,12 +700,7 @@ class RemoteChatModel(ChatText):
         advs = [a if a is None or isinstance(a, str) else self.detokenize(a) for a in advs]
         n = len(chats)
         r = self._remote
-        if r.remaining is not None and n > r.remaining:
-            r._sync_remaining()
-        if r.remaining is not None and n > r.remaining:
-            raise QueryBudgetExceeded(
-                f"this call needs {n} queries but only {r.remaining} of the budget of {r.budget} are "
-                "left; nothing was run")
+        r._check_left(n)
         answers = []
         for start in range(0, n, r.batch_size):
             part = slice(start, start + r.batch_size)
@@ -706,9 +709,7 @@ class RemoteChatModel(ChatText):
             for key, value in extra.items():
                 body[key] = value[part] if isinstance(value, list) else value
             ans = r._request("POST", f"/v1/tasks/{r.task}/{op}", json=body)
-            with r._lock:
-                r._queries += ans["queries"]
-                r._remaining = ans["remaining"]
+            r._count(ans)
             answers.append(ans)
         return answers
 

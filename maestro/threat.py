@@ -324,10 +324,21 @@ def _suffix_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _special_ids(tokenizer) -> frozenset:
+def special_token_ids(tokenizer) -> frozenset:
+    """The ids of a Hugging Face tokenizer's special and added tokens (``<|im_end|>`` and kin)."""
     ids = set(getattr(tokenizer, "all_special_ids", ()) or ())
     ids |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     return frozenset(int(i) for i in ids)
+
+
+def clean_suffix_ids(tokenizer, ids: list[int], special: frozenset | None = None) -> bool:
+    """True where suffix tokens ``ids`` hold no special token and read back as the same ids: what
+    a suffix handed in as text must satisfy to mean the same tokens (``special``: the
+    tokenizer's :func:`special_token_ids`, if already known)."""
+    special = special_token_ids(tokenizer) if special is None else special
+    if any(t in special for t in ids):
+        return False
+    return _suffix_ids(tokenizer, tokenizer.decode(ids)) == list(ids)
 
 
 def _suffix_violations(tm: ThreatModel, x, x_adv) -> list[Violation]:
@@ -335,7 +346,7 @@ def _suffix_violations(tm: ThreatModel, x, x_adv) -> list[Violation]:
         return [Violation("dtype", (), "x_adv: expected a list of str (one suffix per prompt)")]
     if len(x_adv) != len(x):
         return [Violation("shape", (), f"x_adv has {len(x_adv)} suffixes, expected {len(x)}")]
-    special = _special_ids(tm.tokenizer)
+    special = special_token_ids(tm.tokenizer)
     over, bad, text_rule, worst = [], [], [], 0
     for i, adv in enumerate(x_adv):
         if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in adv):
@@ -345,7 +356,7 @@ def _suffix_violations(tm: ThreatModel, x, x_adv) -> list[Violation]:
         worst = max(worst, len(ids))
         if len(ids) > tm.eps:
             over.append(i)
-        if any(t in special for t in ids) or _suffix_ids(tm.tokenizer, tm.tokenizer.decode(ids)) != ids:
+        if not clean_suffix_ids(tm.tokenizer, ids, special):
             bad.append(i)
     found = []
     if text_rule:

@@ -381,18 +381,10 @@ class Served:
         return [a for a in ops if a not in ("tokenize", "detokenize", "embedding")]
 
     def info(self, used: int, budget: int | None) -> dict:
+        """What every task shows (name, access, threat, budget), then what its modality adds."""
         m = self.model
-        if m.modality == "chat":
-            return {"name": self.cfg.name, "model": self.cfg.model, "dataset": self.cfg.dataset,
-                    "modality": "chat", "access": self.cfg.access, "allows": self.allows,
-                    "threat": {"norm": self.threat.norm, "eps": self.threat.eps,
-                               "query_budget": self.threat.query_budget,
-                               "access": self.threat.access},
-                    "budget": budget, "used": used,
-                    "remaining": None if budget is None else max(0, budget - used),
-                    "max_batch": self.max_batch, "vocab_size": m.vocab_size,
-                    "max_new_tokens": self.max_new_tokens, "max_chat_tokens": self.max_chat_tokens,
-                    "query": "one conversation sent forward (generated tokens are not counted)"}
+        threat = {"norm": self.threat.norm, "eps": self.threat.eps,
+                  "query_budget": self.threat.query_budget, "access": self.threat.access}
         out = {
             "name": self.cfg.name,
             "model": self.cfg.model,
@@ -400,17 +392,21 @@ class Served:
             "modality": m.modality,
             "access": self.cfg.access,
             "allows": self.allows,
-            "num_classes": m.num_classes,
-            "classes": list(m.classes),
-            "input_shape": list(m.input_shape) if m.input_shape else None,
-            "input_bounds": list(m.input_bounds),
-            "threat": {"norm": self.threat.norm, "eps": self.threat.eps, "bounds": list(self.threat.bounds),
-                       "query_budget": self.threat.query_budget, "access": self.threat.access},
+            "threat": threat,
             "budget": budget,
             "used": used,
             "remaining": None if budget is None else max(0, budget - used),
             "max_batch": self.max_batch,
         }
+        if m.modality == "chat":
+            out.update(vocab_size=m.vocab_size, max_new_tokens=self.max_new_tokens,
+                       max_chat_tokens=self.max_chat_tokens,
+                       query="one conversation sent forward (generated tokens are not counted)")
+            return out
+        threat["bounds"] = list(self.threat.bounds)
+        out.update(num_classes=m.num_classes, classes=list(m.classes),
+                   input_shape=list(m.input_shape) if m.input_shape else None,
+                   input_bounds=list(m.input_bounds))
         if m.modality == "text":
             tok = m.tokenizer
             out["vocab_size"] = int(tok.vocab_size)
