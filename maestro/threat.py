@@ -331,14 +331,22 @@ def special_token_ids(tokenizer) -> frozenset:
     return frozenset(int(i) for i in ids)
 
 
+def bad_suffix_text(text: str) -> bool:
+    """True where a suffix's text holds control characters (a newline and a tab excepted) or
+    lone surrogates: the text rule of the ``"suffix"`` norm."""
+    return any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in text)
+
+
 def clean_suffix_ids(tokenizer, ids: list[int], special: frozenset | None = None) -> bool:
-    """True where suffix tokens ``ids`` hold no special token and read back as the same ids: what
-    a suffix handed in as text must satisfy to mean the same tokens (``special``: the
-    tokenizer's :func:`special_token_ids`, if already known)."""
+    """True where suffix tokens ``ids`` hold no special token, decode to text without control
+    characters (:func:`bad_suffix_text`) and read back as the same ids: what a suffix handed in
+    as text must satisfy to mean the same tokens (``special``: the tokenizer's
+    :func:`special_token_ids`, if already known)."""
     special = special_token_ids(tokenizer) if special is None else special
     if any(t in special for t in ids):
         return False
-    return _suffix_ids(tokenizer, tokenizer.decode(ids)) == list(ids)
+    text = tokenizer.decode(ids)
+    return not bad_suffix_text(text) and _suffix_ids(tokenizer, text) == list(ids)
 
 
 def _suffix_violations(tm: ThreatModel, x, x_adv) -> list[Violation]:
@@ -349,7 +357,7 @@ def _suffix_violations(tm: ThreatModel, x, x_adv) -> list[Violation]:
     special = special_token_ids(tm.tokenizer)
     over, bad, text_rule, worst = [], [], [], 0
     for i, adv in enumerate(x_adv):
-        if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in adv):
+        if bad_suffix_text(adv):
             text_rule.append(i)  # control characters, lone surrogates
             continue
         ids = _suffix_ids(tm.tokenizer, adv)

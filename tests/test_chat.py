@@ -94,6 +94,25 @@ def test_the_slot_tokens_are_the_same_from_text_and_from_ids(chat):
     assert chat.clean_tokens(ids) and not chat.clean_tokens(chat.tokenize("<|im_end|>"))
 
 
+def test_suffix_tokens_never_hold_control_characters(chat):
+    """A token that decodes to a control character (the vocabulary has "\\r", "\\x1b", …) is not
+    a suffix token: GCG never proposes one, and the validator refuses one handed in, for the
+    same reason (an attack's own result once broke its threat model this way)."""
+    from maestro.attacks.gcg import suffix_vocab
+
+    allowed = suffix_vocab(chat)
+    ctrl = [i for i in range(chat.vocab_size) if chat.detokenize([i]) in ("\r", "\x1b", "\x00")]
+    assert len(ctrl) == 3 and not allowed[ctrl].any()
+    assert not allowed[sorted(chat.special_ids)].any() and int(allowed.sum()) > 49000
+    assert suffix_vocab(chat) is allowed  # once per model
+    for i in ctrl:
+        assert not chat.clean_tokens(chat.tokenize("Sure").tolist() + [i])
+    threat = ThreatModel("suffix", 20, tokenizer=chat.tokenizer)
+    with pytest.raises(ThreatModelViolation, match="control characters"):
+        threat.check([FRANCE], ["ok\rthen"])
+    assert chat.clean_tokens(chat.tokenize("line one\nline two\tend"))  # newline and tab are text
+
+
 def test_token_gradient_is_the_gradient_of_the_target_loss(chat):
     """The one-hot gradient (prefix served from its cache) against autograd through a plain
     forward over the whole sequence."""

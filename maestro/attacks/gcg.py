@@ -29,7 +29,7 @@ import time
 import torch
 
 from ..errors import AccessDenied
-from ..threat import ThreatModel
+from ..threat import ThreatModel, bad_suffix_text
 from ..wrapper import _RANK
 from .base import Attack, AttackResult
 
@@ -99,13 +99,28 @@ class ChatAttack(Attack):
         return ids
 
     def _allowed(self, model) -> torch.Tensor:
-        """Boolean mask over the vocabulary: the tokens a suffix may hold (no special ones)."""
-        mask = torch.ones(model.vocab_size, dtype=torch.bool)
-        mask[sorted(i for i in model.special_ids if i < model.vocab_size)] = False
-        return mask
+        """Boolean mask over the vocabulary: the tokens a suffix may hold."""
+        return suffix_vocab(model)
 
     def _run(self, model, prompts, targets):
         raise NotImplementedError
+
+
+def suffix_vocab(model) -> torch.Tensor:
+    """Boolean mask over ``model``'s vocabulary: the tokens a suffix may hold on their own — no
+    special token, none whose text has a control character (:func:`maestro.threat.bad_suffix_text`).
+    Computed once per model (about a second for 49k tokens) and kept on it."""
+    mask = getattr(model, "_suffix_vocab", None)
+    if mask is None:
+        mask = torch.ones(model.vocab_size, dtype=torch.bool)
+        mask[sorted(i for i in model.special_ids if i < model.vocab_size)] = False
+        decode = model.tokenizer.convert_ids_to_tokens
+        texts = model.tokenizer.convert_tokens_to_string
+        for i in range(model.vocab_size):
+            if mask[i] and bad_suffix_text(texts([decode(i)])):
+                mask[i] = False
+        model._suffix_vocab = mask
+    return mask
 
 
 def _swap_candidates(adv: torch.Tensor, top: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
