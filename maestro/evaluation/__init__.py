@@ -15,6 +15,7 @@ _REGISTRY = {
     "sanity_checks": "sanity",
     "SanityFlag": "sanity",
     "target_success": "llm",
+    "forced": "llm",
     "benign_cost": "llm",
     "defense_report": "llm",
     "DefenseReport": "llm",
