@@ -113,6 +113,24 @@ def test_suffix_tokens_never_hold_control_characters(chat):
     assert chat.clean_tokens(chat.tokenize("line one\nline two\tend"))  # newline and tab are text
 
 
+def test_forced_answers_one_conversation_at_a_time(chat):
+    """``forced``: each answer generated alone (so the batch cannot change it), the target's
+    length + 2 tokens, an exact-prefix check; None means no suffix."""
+    from maestro.evaluation import forced
+
+    prompts = [FRANCE, Chat("Describe a cat."), Chat("Name three colors.")]
+    alone = [chat.generate([p], max_new_tokens=6)[0] for p in prompts]
+    answers: list[str] = []
+    hits = forced(chat, prompts, None, [a[:5] for a in alone], answers=answers)
+    assert hits == [True] * 3 and [a[:5] for a in answers] == [a[:5] for a in alone]
+    assert forced(chat, prompts, [None, " ! !", None], ["Zebra"] * 3) == [False] * 3
+    tok = chat.generated_tokens
+    forced(chat, prompts[:1], "", "Sure")
+    assert chat.generated_tokens - tok <= len(chat.tokenize("Sure")) + 2
+    with pytest.raises(ValueError, match="one of each per chat"):
+        forced(chat, prompts, ["a", "b"], "Sure")
+
+
 def test_token_gradient_is_the_gradient_of_the_target_loss(chat):
     """The one-hot gradient (prefix served from its cache) against autograd through a plain
     forward over the whole sequence."""
