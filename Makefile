@@ -9,6 +9,8 @@ PIP    := $(BIN)/python -m pip
 # Hugging Face libraries retry the network for ~25 s when offline; Maestro's assets are local.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 # test processes (pytest-xdist; whole files per process, so module fixtures run once). 0: one process
+# Files start in collection order, the slowest first (tests/conftest.py, SLOW_FILES_FIRST), not in
+# xdist's default order (most tests first), which starts the few-but-long files last.
 PYTEST_WORKERS ?= 2
 
 .PHONY: install debs models demo test bench lint lab clean help
@@ -48,7 +50,7 @@ demo: debs models
 	$(OFFLINE) $(BIN)/maestro demo $(DEMO_FLAGS)
 
 test: debs models
-	$(OFFLINE) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)
+	$(OFFLINE) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_FLAGS)
 
 bench: models
 	$(OFFLINE) $(BIN)/python benchmarks/wrapper.py
