@@ -146,8 +146,16 @@ def load_chat(folder: str | os.PathLike, *, access: str = "white-box", budget: i
     folder = Path(folder)
     meta = read_meta(folder)
     verify(folder, meta)
-    module = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                  use_safetensors=True).eval()
+    from transformers.utils import logging as hf_logging
+
+    quiet = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a verified local file: no "Loading weights" bar in every cell
+    try:
+        module = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                      use_safetensors=True).eval()
+    finally:
+        if not quiet:
+            hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     chat = ChatModel(module, tokenizer, access=access, budget=budget,
                      name=meta.get("name") or default_name, info=meta)

@@ -90,9 +90,9 @@ class Assignment:
                              "the oracle's query count of a graded notebook run, which an upload "
                              "cannot give; grade it with `maestro autograde`")
         if getattr(self.config, "kind", "attack") != "attack":
-            raise ValueError(f"[submissions] assignment {ident!r} is a {self.config.kind} unit (its "
-                             "artifact is model weights): the server takes .npy uploads of attack "
-                             "units only; grade it with `maestro autograde`")
+            raise ValueError(f"[submissions] assignment {ident!r} is a {self.config.kind} unit: the "
+                             "server takes .npy uploads of attack units only; grade it with "
+                             "`maestro autograde`")
         self.id = ident
         self.course = Path(course)
         self.secret = read_secret(course)
