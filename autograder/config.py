@@ -74,7 +74,7 @@ METRICS = {
     "queries_per_example": "queries the grader's oracle counted for the whole notebook run, "
     "divided by the number of hidden examples (black-box units: needs [oracle])",
 }
-NORMS = ("linf", "l2", "l0", "tokens")  # "tokens": text units (a count of changed tokens)
+NORMS = ("linf", "l2", "l0", "tokens", "suffix")  # text units: "tokens" (changed tokens), "suffix" (chat)
 DTYPES = ("float32", "float64", "float16")
 INT_DTYPES = ("int64", "int32", "bool")  # unit kinds only (token ids, masks)
 LABEL_MODES = ("model-predictions", "none")
@@ -426,7 +426,7 @@ def _threat(where: str, raw, *, tokens: bool) -> ThreatSpec:
     if raw is None:
         raise ConfigError(f"{where}: [threat] missing: give norm and eps, e.g. norm = \"linf\", eps = 0.1")
     t = _Table(where, raw, "threat")
-    norm = t.get("norm", str, check=_one_of(NORMS if tokens else NORMS[:-1]))
+    norm = t.get("norm", str, check=_one_of(NORMS if tokens else NORMS[:3]))
     eps = t.get("eps", float, check=lambda v: None if v >= 0 else "must be ≥ 0")
     bounds = t.get("bounds", list, [0.0, 1.0], what="[low, high]")
     if (len(bounds) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)

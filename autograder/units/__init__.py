@@ -4,7 +4,8 @@ A grading.toml names its kind in ``[assignment] kind``. The two built-in kinds (
 inputs against a zoo model; model weights attacked by a reference suite) live in
 :mod:`autograder.scoring`. Every other kind — text attacks with a token budget, backdoors,
 membership inference, certified robustness, adaptive attacks on masked defenses, the
-attack-vs-defense war — is a :class:`Kind` registered in :data:`KINDS` and found here by name.
+attack-vs-defense war, adversarial suffixes and prompt injection on the zoo's chat model — is a
+:class:`Kind` registered in :data:`KINDS` and found here by name.
 
 A kind does three things, all in the trusted grader process:
 
@@ -43,6 +44,8 @@ KINDS = {
     "membership": "privacy",
     "certified": "certified",
     "war": "war",
+    "llm-suffix": "llm_suffix",
+    "prompt-injection": "injection",
 }
 
 
@@ -103,6 +106,11 @@ class Kind:
         """The hidden answers of a prepared run (labels, member mask, …) as a 1-d integer array:
         tests check that no feedback page shows them."""
         return None
+
+    def hidden_texts(self, prepared: Prepared) -> list[str]:
+        """Hidden texts of a prepared run (requests the sandbox never sees, secrets, …): tests check
+        that no feedback page shows them."""
+        return []
 
     def summary(self, metrics: dict) -> str:
         """One line of a part's metrics for results.json's output."""
