@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KINDS", "Kind", "Prepared", "get", "is_unit_kind"]
+__all__ = ["KINDS", "Kind", "Prepared", "get", "is_unit_kind", "listed", "not_produced"]
 
 #: kind name -> module (under autograder.units) whose ``KIND`` attribute is its :class:`Kind`
 KINDS = {
@@ -122,6 +122,20 @@ class Kind:
     def leaderboard_columns(self) -> list[tuple[str, str, str]]:
         """(metric, title, "asc" | "desc") of the public metrics results.json's leaderboard shows."""
         return [(m, m.replace("_", " "), "asc" if m in self.lower_is_better else "desc") for m in self.metrics]
+
+
+def not_produced(name: str) -> str:
+    """The reason for an artifact file the notebook did not save."""
+    return (f"{name} was not produced: the notebook must save it in output_dir (did every cell "
+            "before its save cell run without an error?)")
+
+
+def listed(indices, what: str = "row", limit: int = 10) -> str:
+    """``"rows 3, 7, 9"``: the numbers of the student's own file a reason names (the first
+    ``limit``, then how many more)."""
+    idx = [int(i) for i in indices]
+    shown = ", ".join(map(str, idx[:limit])) + (f" (+{len(idx) - limit} more)" if len(idx) > limit else "")
+    return f"{what}{'s' if len(idx) > 1 else ''} {shown}"
 
 
 def is_unit_kind(kind: str) -> bool:

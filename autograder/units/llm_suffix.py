@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import Kind, Prepared
+from . import Kind, Prepared, listed, not_produced
 
 #: grading.toml keys of the two artifacts this kind reads
 SUFFIXES, UNIVERSAL = "suffixes", "universal"
@@ -85,17 +85,6 @@ class SuffixHidden:
     def __repr__(self) -> str:  # never print the hidden prompts
         return (f"SuffixHidden(prompts={len(self.prompts)}, hidden={len(self.hidden)}, "
                 f"target={self.target!r})")
-
-
-def _not_produced(name: str) -> str:
-    return (f"{name} was not produced: the notebook must save it in output_dir (did every cell "
-            "before its save cell run without an error?)")
-
-
-def _numbers(indices, limit: int = 10) -> str:
-    idx = [int(i) for i in indices]
-    shown = ", ".join(map(str, idx[:limit])) + (f" (+{len(idx) - limit} more)" if len(idx) > limit else "")
-    return f"request{'s' if len(idx) > 1 else ''} {shown}"
 
 
 def draw_targets(secret, pool: tuple[str, ...], n: int, salt: str) -> list[str]:
@@ -241,7 +230,7 @@ class LLMSuffix(Kind):
                 answers: list[str] = []
                 hit = np.array(forced(model, h.prompts, asked, h.targets, answers=answers))
                 for label, mask in masks.items():
-                    broken = [f"{rule}: {_numbers([i for i in idx if mask[i]])} ({text})"
+                    broken = [f"{rule}: {listed([i for i in idx if mask[i]], 'request')} ({text})"
                               for rule, idx, text in bad if any(mask[i] for i in idx)]
                     if broken:
                         why = (f"{spec.suffixes_file} breaks the suffix threat model "
@@ -313,7 +302,7 @@ class LLMSuffix(Kind):
 
         path = artifacts.get(name)
         if path is None:
-            return None, _not_produced(name)
+            return None, not_produced(name)
         try:
             return load(Path(path), max_bytes=max_bytes), ""
         except ArtifactTooLarge:
@@ -332,7 +321,7 @@ class LLMSuffix(Kind):
                           f"order of prompts.json); got {got}")
         wrong = [i for i, s in enumerate(value) if not isinstance(s, str)]
         if wrong:
-            return None, (f"{name}: {_numbers(wrong)} hold no string; every suffix is a text "
+            return None, (f"{name}: {listed(wrong, 'request')} hold no string; every suffix is a text "
                           "(\"\" for none)" + _NUMBERED)
         return value, ""
 

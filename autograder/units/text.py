@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import Kind, Prepared
+from . import Kind, Prepared, listed, not_produced
 
 #: grading.toml keys of the two artifacts this kind reads
 ADV, TRIGGER = "adv_ids", "trigger"
@@ -81,17 +81,6 @@ class TextHidden:
     def allowed(self) -> frozenset:
         banned = set(self.banned)
         return frozenset(i for i in range(self.vocab_size) if i not in banned)
-
-
-def _not_produced(name: str) -> str:
-    return (f"{name} was not produced: the notebook must save it in output_dir (did every cell "
-            "before its save cell run without an error?)")
-
-
-def _rows(indices, limit: int = 10) -> str:
-    idx = [int(i) for i in indices]
-    shown = ", ".join(map(str, idx[:limit])) + (f" (+{len(idx) - limit} more)" if len(idx) > limit else "")
-    return f"row{'s' if len(idx) > 1 else ''} {shown}"
 
 
 def banned_ids(tokenizer) -> tuple[int, ...]:
@@ -244,7 +233,7 @@ class TextAttackKind(Kind):
                 hit = ok & (model.predict(adv_tb).cpu() != hidden.y)
                 dist = threat.norms(clean, adv_tb)
                 for label, mask in rows.items():
-                    broken = [f"{rule}: {_rows([i for i in idx if mask[i]])} of {spec.adv_file} ({text})"
+                    broken = [f"{rule}: {listed([i for i in idx if mask[i]])} of {spec.adv_file} ({text})"
                               for rule, idx, text in bad if any(mask[i] for i in idx)]
                     if broken:
                         why = (f"{spec.adv_file} breaks the token threat model ({threat.describe()}; "
@@ -323,7 +312,7 @@ class TextAttackKind(Kind):
 
         path = artifacts.get(name)
         if path is None:
-            return None, _not_produced(name)
+            return None, not_produced(name)
         try:
             array = load(Path(path), max_bytes=16 * max_items + _HEADER_SLACK)
         except ArtifactTooLarge:
@@ -344,7 +333,7 @@ class TextAttackKind(Kind):
 
         path = artifacts.get(spec.adv_file)
         if path is None:
-            return None, _not_produced(spec.adv_file)
+            return None, not_produced(spec.adv_file)
         try:
             array = load_artifact(path, dtype="int64", shape=tuple(hidden.ids.shape),
                                   shape_hint="the shape of the token ids you were given (same rows, "
