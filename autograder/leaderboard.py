@@ -27,6 +27,7 @@ import html
 import io
 import json
 import math
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,11 +50,28 @@ METRIC_COLUMNS = {
 }
 
 
+@functools.cache
+def _unit_columns() -> dict[str, tuple[str, str]]:
+    """The unit kinds' own leaderboard columns (:meth:`autograder.units.Kind.leaderboard_columns`):
+    metric -> (title, "pct" for shares, else "num")."""
+    from . import units
+
+    out = {}
+    for name in units.KINDS:
+        for key, title, _ in units.get(name).leaderboard_columns():
+            pct = key.endswith(("_rate", "_accuracy", "_utility")) or key.startswith("tpr_")
+            out.setdefault(key, (title, "pct" if pct else "num"))
+    return out
+
+
 def metric_column(key: str) -> tuple[str, str] | None:
-    """(title, kind) of a metric column, or None: a :data:`METRIC_COLUMNS` key, or the metric of
-    an attack's other artifact, ``"<artifact>.<metric>"`` (titled "success (x_adv_l2)")."""
+    """(title, kind) of a metric column, or None: a :data:`METRIC_COLUMNS` key, a unit kind's own
+    column, or the metric of an attack's other artifact, ``"<artifact>.<metric>"`` (titled
+    "success (x_adv_l2)")."""
     if key in METRIC_COLUMNS:
         return METRIC_COLUMNS[key]
+    if key in _unit_columns():
+        return _unit_columns()[key]
     artifact, _, base = key.partition(".")
     if artifact and base in METRIC_COLUMNS:
         title, kind = METRIC_COLUMNS[base]
@@ -327,8 +345,14 @@ def from_course(course, assignment: str, *, final: bool = False, pseudonyms: boo
 
 
 def board_metrics(config) -> tuple:
-    """The metric columns of an assignment's leaderboard: those its score terms use (another
-    artifact's as ``"<artifact>.<metric>"``), plus success rate and robust accuracy."""
+    """The metric columns of an assignment's leaderboard: a unit kind's own columns
+    (:meth:`~autograder.units.Kind.leaderboard_columns`); for attacks and defenses those its score
+    terms use (another artifact's as ``"<artifact>.<metric>"``), plus success rate and robust
+    accuracy."""
+    from . import units
+
+    if units.is_unit_kind(config.kind):
+        return tuple(key for key, _, _ in units.get(config.kind).leaderboard_columns())
     used = [t.key for t in config.terms]
     main = tuple(k for k in METRIC_COLUMNS if k in used or k in ("success_rate", "robust_accuracy"))
     return main + tuple(k for k in used if "." in k and metric_column(k) is not None)

@@ -133,3 +133,29 @@ def test_an_attacks_other_artifacts_get_their_own_columns():
     printed = io.StringIO()
     print_board(board, file=printed)  # `maestro leaderboard` prints the same columns
     assert "success rate  95.0%  success (x_adv_l2)  91.0%  targeted (x_adv_targeted)  60.0%" in printed.getvalue()
+
+
+def test_a_unit_kinds_board_shows_its_own_columns():
+    """A unit kind names its leaderboard columns (Kind.leaderboard_columns): the course board shows
+    those, titled in words, and not an attack unit's success/robust accuracy."""
+    from pathlib import Path
+
+    from autograder.config import load_config
+    from autograder.leaderboard import board_metrics
+
+    root = Path(__file__).resolve().parents[1] / "assignments"
+    cfg = load_config(root / "11-llm-suffix" / "grading.toml")
+    assert board_metrics(cfg) == ("prompt_success_rate", "universal_success_rate")
+    e = Entry("ann", "11-llm-suffix", "2026-12-01T10:00:00+00:00", 80.0, 100.0, 40.0, 50.0, 40.0, 50.0,
+              {"prompt_success_rate": 2 / 3, "universal_success_rate": 0.9, "clean_universal_rate": 0.0,
+               "n": 3}, {})
+    board = rank([e])
+    board.metrics = board_metrics(cfg)
+    header = to_csv(board).splitlines()[0].split(",")
+    assert "prompt_success_rate" in header and "universal_success_rate" in header
+    assert "robust_accuracy" not in header and "clean_universal_rate" not in header
+    page = render_html(board)
+    assert "prompts forced" in page and "universal suffix on hidden requests" in page and "90.0%" in page
+    assert "robust acc." not in page
+    assert board_metrics(load_config(root / "05-text-attacks" / "grading.toml")) == (
+        "success_rate", "trigger_success_rate", "mean_tokens_changed")
