@@ -614,9 +614,13 @@ def _prepare(nb: Path, released, folder: Path, log=None) -> tuple[Path, list[str
 
 def autograde(course, assignment: str, *, student: str | None = None, workers: int | None = None,
               timeout: float | None = None, force: bool = False, progress: bool | None = None,
-              scheduler: str | None = None, home=None, log=None) -> list[Outcome]:
+              scheduler: str | None = None, home=None, log=None,
+              params: dict | None = None) -> list[Outcome]:
     """Grade the submissions of ``assignment`` in the course folder ``course``; see the module
     docstring. Returns one :class:`Outcome` per submission found (skipped ones included).
+
+    ``params``: papermill parameters given to every notebook after the grader's own (``maestro
+    demo --quick`` passes ``quick = True``); a course's grading leaves it out.
 
     ``scheduler``: the address of a Dask distributed scheduler (``tcp://host:port``); each
     submission then runs as one task on a Dask worker (see :func:`run_task`), and only this
@@ -726,6 +730,7 @@ def autograde(course, assignment: str, *, student: str | None = None, workers: i
                 to_run[who] = (path, digest)
         if unit is not None:
             params_base.update(hidden.plain_params())
+        params_base.update(params or {})
         # on Dask each worker probes bubblewrap itself (its machine may differ from this one)
         job = _Job(params_base, [a.file for a in config.artifacts], limits,
                    settings.sandbox if scheduler else sandbox, zoo=oracle_job is None,

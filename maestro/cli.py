@@ -2,7 +2,7 @@
 
     maestro datasets list
     maestro models list | build [NAME ...] [--force] | info NAME
-    maestro demo [--quick] [--dir DIR] [--zoo]
+    maestro demo [--quick] [--llm] [--students ID,ID] [--dir DIR] [--zoo]
     maestro serve [COURSE_DIR]            (the model server; see maestro.server)
     maestro tokens create|list|revoke|import|usage
     maestro course init DIR [--assignments PATH]   (an nbgrader course folder; see autograder.course)
@@ -94,7 +94,9 @@ def _demo(args: argparse.Namespace) -> int:
     skip_slow_optional_imports()
     from autograder.demo import run_course_demo
 
-    return run_course_demo(args.dir, quick=args.quick, workers=args.workers, home=args.home)
+    students = args.students.split(",") if args.students else None
+    return run_course_demo(args.dir, quick=args.quick, workers=args.workers, home=args.home, llm=args.llm,
+                           students=students)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="maestro-demo-course", metavar="DIR",
                       help="the demo course folder (replaced if it holds an earlier demo; default: %(default)s)")
     demo.add_argument("--workers", type=int, default=2, help="notebooks graded in parallel (default: 2)")
+    demo.add_argument("--llm", action="store_true",
+                      help="the language-model act: 11-llm-suffix (adversarial suffixes on the chat model, "
+                      "four students) instead of 01-whitebox")
+    demo.add_argument("--students", metavar="ID,ID", default=None,
+                      help="only these simulated students hand in (default: all of the act's)")
     demo.add_argument("--zoo", action="store_true",
                       help="instead: attack every zoo model once and print a table (the student's view)")
     demo.set_defaults(func=_demo)

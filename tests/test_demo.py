@@ -25,11 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 #: a course folder as deep as an instructor's may be: its kernels' sockets must not live in it
 DEEP = "/".join(f"teaching-{i}-adversarial-machine-learning-course-folder" for i in range(3))
 
+STUDENTS = ("ada", "ben", "cy", "dan", "eve", "fay", "gus")
+#: who hands in, per sandbox. With bubblewrap: all seven. The fallback run leaves out fay (the
+#: endless loop), who only waits out the 45 s wall-clock limit while burning a core: the
+#: fallback's wall-clock limit and its reason are tested in tests/test_sandbox.py
+#: (test_infinite_loop_times_out[fallback], test_fallback_enforces_the_wall_clock_and_process_limits).
+#: Every other outcome (full, pass, below, the stub's error, a crash, the threat model) and the
+#: whole course (exchange, feedback, leaderboard) still runs in both sandboxes.
+HANDING_IN = {"bwrap": STUDENTS, "fallback": tuple(s for s in STUDENTS if s != "fay")}
+
 
 @pytest.fixture(scope="module", params=["bwrap", "fallback"])
 def demo(request, tmp_path_factory):
-    """`maestro demo --quick` from a deep folder, once in each sandbox: with bubblewrap, and
-    with the fallback forced ($MAESTRO_SANDBOX), the path of every machine without it."""
+    """`maestro demo --quick` from a deep folder, once in each sandbox: with bubblewrap (all seven
+    students), and with the fallback forced ($MAESTRO_SANDBOX), the path of every machine
+    without it (all but fay: see HANDING_IN)."""
     sandbox = request.param
     if sandbox == "bwrap" and not probe_bwrap()[0]:
         pytest.skip(f"bubblewrap cannot start: {probe_bwrap()[1]} (make test installs it as root; "
@@ -37,7 +47,8 @@ def demo(request, tmp_path_factory):
     where = tmp_path_factory.mktemp(f"demo-{sandbox}") / DEEP
     where.mkdir(parents=True)
     env = {**os.environ, "MAESTRO_SANDBOX": sandbox}
-    out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--quick"], cwd=where,
+    who = ",".join(HANDING_IN[sandbox])
+    out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--quick", "--students", who], cwd=where,
                          capture_output=True, text=True, timeout=600, check=False, env=env)
     course = where / "maestro-demo-course"
     assert len(str(course / ".maestro" / "tmp")) > 200
@@ -51,10 +62,13 @@ def test_demo_grades_every_kind_of_submission_as_expected(demo):
     assert "every outcome as expected" in out.stdout
     results = json.loads((course / "autograded" / "ada" / A / "results.json").read_text())
     assert results["extra_data"]["maestro"]["sandbox"] == sandbox
-    for who in ("ada", "ben", "cy", "dan", "eve", "fay", "gus"):
+    students = HANDING_IN[sandbox]
+    for who in students:
         assert re.search(rf"^{who}\s+\w+\s+[\d.]+\s+ok ", out.stdout, re.M), who
+    graded = re.findall(r"^(\w+)\s+(?:full|pass|below|zero)\s+[\d.]+\s+", out.stdout, re.M)
+    assert graded == list(students), graded
     rows = list(csv.DictReader((course / "leaderboard" / A / "leaderboard.csv").open()))
-    assert [r["name"] for r in rows[:3]] == ["ada", "cy", "ben"] and len(rows) == 7
+    assert [r["name"] for r in rows[:3]] == ["ada", "cy", "ben"] and len(rows) == len(students)
     assert (course / "leaderboard" / A / "leaderboard.png").stat().st_size > 5000
     # nbgrader's own submit/collect happened: timestamps and the exchange
     assert (course / "submitted" / "ada" / A / "timestamp.txt").is_file()
@@ -67,7 +81,7 @@ def test_feedback_from_nbgrader_and_maestro_leaks_nothing_hidden(demo):
     from autograder.course import read_secret
     from autograder.scoring import HiddenData
 
-    course, out, _ = demo
+    course, out, sandbox = demo
     assert out.returncode == 0
     hidden = HiddenData.load(load_config(course / "source" / A / "grading.toml"), read_secret(course))
     labels = "".join(map(str, hidden.y.numpy()[:16]))
@@ -77,7 +91,7 @@ def test_feedback_from_nbgrader_and_maestro_leaks_nothing_hidden(demo):
                    for ln in c.source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0].splitlines()
                    if len(ln.strip()) > 12]
     assert hidden_code, "01-whitebox has hidden tests"
-    for who in ("ada", "ben", "cy", "dan", "eve", "fay", "gus"):
+    for who in HANDING_IN[sandbox]:
         folder = course / "feedback" / who / A
         names = sorted(p.name for p in folder.iterdir())
         assert names == [f"{A}.html", "feedback.html"], names  # results.json is never copied here
@@ -116,3 +130,13 @@ def test_demo_refuses_a_folder_that_is_not_a_demo_course(tmp_path):
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode != 0 and "not a demo course" in out.stderr + out.stdout
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_demo_refuses_unknown_students_before_touching_anything(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--students", "ada,zed"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode != 0 and "--students: zed; the students of 01-whitebox are ada, ben" in out.stderr + out.stdout
+    out = subprocess.run([sys.executable, "-m", "maestro.cli", "demo", "--llm", "--students", "ada"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode != 0 and "the students of 11-llm-suffix are ida, jon, kai, lea" in out.stderr + out.stdout
+    assert list(tmp_path.iterdir()) == []
