@@ -49,8 +49,10 @@ models: install
 demo: debs models
 	$(OFFLINE) $(BIN)/maestro demo $(DEMO_FLAGS)
 
+# One torch/OpenMP thread per test process: the processes share the cores, and two notebooks with
+# two spinning threads each on two cores slowed each other several-fold (tutorial 06: 12 min, not 1.5).
 test: debs models
-	$(OFFLINE) $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_FLAGS)
+	$(OFFLINE) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_FLAGS)
 
 bench: models
 	$(OFFLINE) $(BIN)/python benchmarks/wrapper.py
