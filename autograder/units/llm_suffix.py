@@ -37,7 +37,6 @@ notebook had those prompts); nothing is shown of the hidden prompts but the shar
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,6 +80,7 @@ class SuffixHidden:
     target: str
     home: str | None = None
     clean: np.ndarray | None = None  # the hidden prompts forced without a suffix (once per run)
+    model: object = None  # the zoo chat model, loaded by the first score() of the run
 
     def __repr__(self) -> str:  # never print the hidden prompts
         return (f"SuffixHidden(prompts={len(self.prompts)}, hidden={len(self.hidden)}, "
@@ -97,15 +97,6 @@ def draw_targets(secret, pool: tuple[str, ...], n: int, salt: str) -> list[str]:
     while len(order) < n:
         order += torch.randperm(len(pool), generator=gen).tolist()
     return [pool[i] for i in order[:n]]
-
-
-@functools.lru_cache(maxsize=2)
-def _chat_model(name: str, home: str | None):
-    """The zoo chat model, loaded once per grading process (loading takes seconds; scoring one
-    submission, about as long). Scoring only generates with it and never changes it."""
-    import maestro
-
-    return maestro.models.load(name, home=home)
 
 
 class LLMSuffix(Kind):
@@ -206,7 +197,9 @@ class LLMSuffix(Kind):
 
         spec: SuffixSpec = config.unit
         h: SuffixHidden = prepared.state
-        model = _chat_model(config.model, h.home)
+        if h.model is None:  # loading takes seconds, scoring one submission about as long
+            h.model = maestro.models.load(config.model, home=h.home)
+        model = h.model
         threat = maestro.ThreatModel("suffix", int(config.threat.eps), tokenizer=model.tokenizer)
         masks = {"public": h.public, "private": ~h.public}
         hidden_masks = {"public": h.hidden_public, "private": ~h.hidden_public}
